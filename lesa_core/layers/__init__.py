@@ -1,0 +1,19 @@
+"""LESA layers: local term, context term, fusion gate and the LESA layer."""
+
+from .context_term import POS_EMBEDS, SIM_NORMS, ContextTerm
+from .fusion import FUSION_MODES, FusionGate
+from .lesa import LesaAttention, TermContribution, collect_contributions, record_contributions
+from .local_term import LocalTerm
+
+__all__ = [
+    "FUSION_MODES",
+    "POS_EMBEDS",
+    "SIM_NORMS",
+    "ContextTerm",
+    "FusionGate",
+    "LesaAttention",
+    "LocalTerm",
+    "TermContribution",
+    "collect_contributions",
+    "record_contributions",
+]

@@ -1,0 +1,6 @@
+"""LESA-ResNet models; importing this registers them with timm."""
+
+from .registry import LESA_MODEL_NAMES, MODEL_CFGS
+from .resnet import Bottleneck, LesaResNet, LesaResNetCfg, with_detection_strides
+
+__all__ = ["LESA_MODEL_NAMES", "MODEL_CFGS", "Bottleneck", "LesaResNet", "LesaResNetCfg", "with_detection_strides"]
