@@ -124,7 +124,8 @@ class ContextTerm(nn.Module):
             self.rel_flat = nn.Parameter(torch.empty(2 * self.qk_dim + self.v_dim, 2 * length - 1))
             index = torch.arange(length)
             # [i, j] -> offset index i - j + L - 1 (the official layout)
-            self.register_buffer("flat_index", (index[:, None] - index[None, :] + length - 1).flatten(), persistent=False)
+            flat_index = (index[:, None] - index[None, :] + length - 1).flatten()
+            self.register_buffer("flat_index", flat_index, persistent=False)
             logit_terms, output_terms = 3, 2  # q.k, q.r_q, k.r_k | A.v, A.r_v
         else:
             self.rel_h = nn.Parameter(torch.empty(2 * self.feat_size[0] - 1, self.qk_dim))

@@ -13,9 +13,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from torch import nn
 from timm.layers import create_classifier
 from timm.models import checkpoint_seq
+from torch import nn
 
 from ..layers import LesaAttention
 
@@ -199,11 +199,9 @@ class LesaResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, num_features, H / 16, W / 16) in the classification geometry."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        checkpointing = self.grad_checkpointing and not torch.jit.is_scripting()
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x, flatten=True)
-            else:
-                x = stage(x)
+            x = checkpoint_seq(stage, x) if checkpointing else stage(x)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -220,4 +218,4 @@ class LesaResNet(nn.Module):
 
 def with_detection_strides(cfg: LesaResNetCfg) -> LesaResNetCfg:
     """The same architecture with stage 4 at stride 2 (output stride 32), the detection geometry."""
-    return replace(cfg, strides=cfg.strides[:3] + (2,))
+    return replace(cfg, strides=(*cfg.strides[:3], 2))
