@@ -236,5 +236,8 @@ class ContextTerm(nn.Module):
             dim=-1,
         )  # B, heads, L, d + H + W
         k_aug = torch.cat([k, key_pos.expand(batch, self.num_heads, length, height + width)], dim=-1)
+        # zero channels change no dot product and give the fused kernels their 8-aligned head dim
+        align = -q_aug.shape[-1] % 8
+        q_aug, k_aug = F.pad(q_aug, (0, align)), F.pad(k_aug, (0, align))
         av = F.scaled_dot_product_attention(q_aug, k_aug, v, scale=1.0)  # B, heads, L, d_v
         return self._normalise_output([av.transpose(2, 3)], height, width)

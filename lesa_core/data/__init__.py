@@ -1,0 +1,1 @@
+"""Datasets: ImageNet folders, COCO instances, and generated datasets in both layouts."""

@@ -1,0 +1,1 @@
+"""Mask R-CNN with LESA-ResNet FPN backbones."""

@@ -1,0 +1,1 @@
+"""Metrics: top-k accuracy and COCO evaluation as flat metric dicts."""
