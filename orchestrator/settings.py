@@ -1,0 +1,66 @@
+"""Where things live: the home folder, the job store, MLflow and Ray, read from the environment.
+
+With nothing set, lesa-orch runs the embedded default: state under ``~/.lesa-orch``, a SQLite job
+store there, and a local Ray head and MLflow server on 127.0.0.1 that ``lesa-orch up`` starts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_RAY_DASHBOARD_PORT = 8265
+DEFAULT_MLFLOW_PORT = 5000
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved locations. ``embedded_ray`` / ``embedded_mlflow`` say whether lesa-orch runs them itself.
+
+    Environment: ``LESA_ORCH_HOME``, ``LESA_ORCH_DB_URL``, ``RAY_ADDRESS`` (a Ray Jobs / dashboard URL),
+    ``MLFLOW_TRACKING_URI``, ``LESA_ORCH_RAY_PORT``, ``LESA_ORCH_MLFLOW_PORT``.
+    """
+
+    home: Path
+    database_url: str
+    ray_address: str
+    mlflow_uri: str
+    embedded_ray: bool
+    embedded_mlflow: bool
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, ray_address: str | None = None) -> Settings:
+        env = os.environ if env is None else env
+        home = Path(env.get("LESA_ORCH_HOME", "~/.lesa-orch")).expanduser().resolve()
+        ray_port = int(env.get("LESA_ORCH_RAY_PORT", DEFAULT_RAY_DASHBOARD_PORT))
+        mlflow_port = int(env.get("LESA_ORCH_MLFLOW_PORT", DEFAULT_MLFLOW_PORT))
+        address = ray_address or env.get("RAY_ADDRESS")
+        mlflow_uri = env.get("MLFLOW_TRACKING_URI")
+        return cls(
+            home=home,
+            database_url=env.get("LESA_ORCH_DB_URL", f"sqlite:///{home / 'jobs.db'}"),
+            ray_address=address or f"http://127.0.0.1:{ray_port}",
+            mlflow_uri=mlflow_uri or f"http://127.0.0.1:{mlflow_port}",
+            embedded_ray=address is None,
+            embedded_mlflow=mlflow_uri is None,
+        )
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def storage_dir(self) -> Path:
+        """Default Ray Train storage path (checkpoints) of the embedded cluster."""
+        return self.home / "ray_results"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        """Backend store and artifacts of the embedded MLflow server."""
+        return self.home / "mlflow"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
