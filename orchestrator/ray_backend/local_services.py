@@ -1,0 +1,190 @@
+"""The embedded default: a local Ray head (dashboard + Jobs API, token auth on) and a local MLflow server.
+
+``lesa-orch up`` starts both as background processes that outlive the CLI; ``down`` stops them. Ray's
+token authentication stays on: the token lives in ``<home>/ray/auth_token`` and every client sends it.
+MLflow runs on SQLite with local artifacts under ``<home>/mlflow``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ..settings import Settings
+
+HEALTH_TIMEOUT_S = 120.0
+
+
+class ServiceError(RuntimeError):
+    """A local service could not be started, stopped or reached; the message says which and why."""
+
+
+def _bin(name: str) -> str:
+    """An executable of this environment (the venv's ``ray``), falling back to PATH."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def token_path(settings: Settings) -> Path:
+    return settings.home / "ray" / "auth_token"
+
+
+def ensure_ray_token(settings: Settings) -> str:
+    """The embedded cluster's auth token, created (mode 600) on first use."""
+    path = token_path(settings)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def ray_auth_env(settings: Settings) -> dict[str, str]:
+    """Environment that makes Ray processes and clients use the embedded cluster's token."""
+    ensure_ray_token(settings)
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path(settings))}
+
+
+def ray_auth_headers(settings: Settings) -> dict[str, str]:
+    """HTTP headers for the Ray dashboard / Jobs API: the embedded token, or ``RAY_AUTH_TOKEN`` if set."""
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    if token is None and settings.embedded_ray:
+        token = ensure_ray_token(settings)
+    elif token is None and os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        token = Path(os.environ["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _http_ok(url: str, headers: dict[str, str] | None = None, timeout: float = 2.0) -> bool:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+def ray_is_up(settings: Settings) -> bool:
+    return _http_ok(f"{settings.ray_address.rstrip('/')}/api/version", ray_auth_headers(settings))
+
+
+def mlflow_is_up(settings: Settings) -> bool:
+    return _http_ok(f"{settings.mlflow_uri.rstrip('/')}/health")
+
+
+def _wait_until(check, what: str, log: Path | None, timeout: float = HEALTH_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    hint = f"; see {log}" if log else ""
+    raise ServiceError(f"{what} did not become healthy within {timeout:.0f}s{hint}")
+
+
+def start_ray_head(settings: Settings, *, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+    """``ray start --head`` with the dashboard on the settings' address (loopback), token auth on."""
+    if ray_is_up(settings):
+        return
+    port = urlparse(settings.ray_address).port
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    log = settings.logs_dir / "ray-start.log"
+    command = [_bin("ray"), "start", "--head", "--dashboard-host=127.0.0.1", f"--dashboard-port={port}",
+               "--include-dashboard=true", "--disable-usage-stats"]
+    if num_cpus is not None:
+        command.append(f"--num-cpus={num_cpus}")
+    if num_gpus is not None:
+        command.append(f"--num-gpus={num_gpus}")
+    environment = {**os.environ, **ray_auth_env(settings)}
+    with log.open("w") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=environment)
+    if done.returncode != 0:
+        raise ServiceError(f"ray start --head failed (exit {done.returncode}); see {log}")
+    _wait_until(lambda: ray_is_up(settings), f"Ray dashboard at {settings.ray_address}", log)
+
+
+def stop_ray_head(settings: Settings) -> None:
+    subprocess.run([_bin("ray"), "stop", "--force"], capture_output=True, env={**os.environ, **ray_auth_env(settings)})
+
+
+def _mlflow_pid_file(settings: Settings) -> Path:
+    return settings.mlflow_dir / "server.pid"
+
+
+def start_mlflow_server(settings: Settings) -> None:
+    """``mlflow server`` on SQLite + local artifacts, detached from the CLI's process group."""
+    if mlflow_is_up(settings):
+        return
+    parsed = urlparse(settings.mlflow_uri)
+    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    log = settings.logs_dir / "mlflow-server.log"
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{settings.mlflow_dir / 'mlflow.db'}",
+        "--artifacts-destination", str(settings.mlflow_dir / "artifacts"),
+        "--host", parsed.hostname or "127.0.0.1", "--port", str(parsed.port or 5000), "--workers", "1",
+    ]
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    _mlflow_pid_file(settings).write_text(str(process.pid))
+    try:
+        _wait_until(lambda: mlflow_is_up(settings), f"MLflow server at {settings.mlflow_uri}", log)
+    except ServiceError:
+        stop_mlflow_server(settings)
+        raise
+
+
+def stop_mlflow_server(settings: Settings) -> None:
+    pid_file = _mlflow_pid_file(settings)
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text())
+    try:
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            os.killpg(pid, 0)
+            time.sleep(0.2)
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    pid_file.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class ServicesStatus:
+    ray_address: str
+    ray_up: bool
+    mlflow_uri: str
+    mlflow_up: bool
+
+
+def status(settings: Settings) -> ServicesStatus:
+    return ServicesStatus(settings.ray_address, ray_is_up(settings), settings.mlflow_uri, mlflow_is_up(settings))
+
+
+def up(settings: Settings, *, num_cpus: int | None = None, num_gpus: int | None = None) -> ServicesStatus:
+    """Starts whatever of the embedded Ray head and MLflow server is not running (and is embedded)."""
+    if settings.embedded_mlflow:
+        start_mlflow_server(settings)
+    if settings.embedded_ray:
+        start_ray_head(settings, num_cpus=num_cpus, num_gpus=num_gpus)
+    return status(settings)
+
+
+def down(settings: Settings) -> ServicesStatus:
+    if settings.embedded_ray:
+        stop_ray_head(settings)
+    if settings.embedded_mlflow:
+        stop_mlflow_server(settings)
+    return status(settings)
