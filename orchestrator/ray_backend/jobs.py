@@ -1,0 +1,89 @@
+"""Ray Jobs API access: submit a lesa-orch job, read its state and logs, stop it. Always authenticated."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+from ..settings import Settings
+from .local_services import ray_auth_headers
+
+ENTRY_MODULE = "orchestrator.ray_backend.entry"
+# Ray job status -> lesa-orch job state
+RAY_TO_JOB_STATE = {
+    JobStatus.PENDING: "SUBMITTED",
+    JobStatus.RUNNING: "RUNNING",
+    JobStatus.SUCCEEDED: "SUCCEEDED",
+    JobStatus.FAILED: "FAILED",
+    JobStatus.STOPPED: "CANCELLED",
+}
+
+
+class RayUnreachableError(RuntimeError):
+    """The Ray Jobs API at the configured address did not answer or refused the token."""
+
+
+@dataclass(frozen=True)
+class RayJobInfo:
+    submission_id: str
+    state: str
+    message: str
+
+
+def connect(settings: Settings) -> JobSubmissionClient:
+    """A Jobs API client for the settings' address, sending the cluster token."""
+    try:
+        return JobSubmissionClient(settings.ray_address, headers=ray_auth_headers(settings))
+    except Exception as error:  # Ray raises ConnectionError, RuntimeError or its own AuthenticationError
+        raise RayUnreachableError(f"Ray at {settings.ray_address} is unreachable: {error}") from None
+
+
+def entrypoint(settings: Settings) -> str:
+    """The driver command: this interpreter on the embedded cluster, the image's ``python`` elsewhere."""
+    python = sys.executable if settings.embedded_ray else "python"
+    return f"{shlex.quote(python)} -m {ENTRY_MODULE}"
+
+
+def submit(
+    client: JobSubmissionClient, settings: Settings, *, submission_id: str, job_id: str, spec: dict, env: dict[str, str]
+) -> str:
+    """Submits the job driver; the spec and job id travel as environment variables of the driver."""
+    runtime_env = {"env_vars": {**env, "LESA_JOB_ID": job_id, "LESA_SUBMISSION_ID": submission_id,
+                                "LESA_JOB_SPEC": json.dumps(spec)}}
+    return client.submit_job(
+        entrypoint=entrypoint(settings), submission_id=submission_id, runtime_env=runtime_env,
+        metadata={"lesa.job_id": job_id, "name": spec["name"]},
+    )
+
+
+def info(client: JobSubmissionClient, submission_id: str) -> RayJobInfo:
+    details = client.get_job_info(submission_id)
+    return RayJobInfo(submission_id, RAY_TO_JOB_STATE[JobStatus(details.status)], details.message or "")
+
+
+def logs(client: JobSubmissionClient, submission_id: str) -> str:
+    return client.get_job_logs(submission_id)
+
+
+def follow_logs(client: JobSubmissionClient, submission_id: str) -> Iterator[str]:
+    """Yields log chunks until the job ends (Ray's log tail is async; this drives it from sync code)."""
+    stream = client.tail_job_logs(submission_id)
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(stream.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.close()
+
+
+def stop(client: JobSubmissionClient, submission_id: str) -> bool:
+    return client.stop_job(submission_id)
