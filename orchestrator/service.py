@@ -1,13 +1,60 @@
-"""The operations behind the CLI verbs; no CLI library in here, so other front ends can call them."""
+"""The operations behind the CLI verbs. No CLI library in here: other front ends can call these.
+
+Every verb takes a :class:`Context` (settings + job store) and returns plain data. Errors a user can fix
+are :class:`OrchestratorError` subclasses (or :class:`~orchestrator.spec.SpecError`) with one-line
+messages; a failed submission leaves no PENDING row behind.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import secrets
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 
 import timm
 import torch
 
 from lesa_core.models import LESA_MODEL_NAMES
+
+from .ray_backend import jobs as ray_jobs
+from .ray_backend import local_services
+from .ray_backend.cluster import check_fits, read_cluster_resources
+from .settings import Settings
+from .spec import JobSpec, SpecError, load_spec, parse_spec
+from .store import JobRecord, JobState, JobStore, make_engine, upgrade
+from .tracking import Tracker, TrackingError
+
+POLL_INTERVAL_S = 2.0
+
+
+class OrchestratorError(RuntimeError):
+    """A problem the user can act on; the message is one line."""
+
+
+@dataclass
+class Context:
+    """Settings and the job store of one CLI invocation."""
+
+    settings: Settings
+    store: JobStore
+
+    @classmethod
+    def open(cls, settings: Settings | None = None) -> Context:
+        settings = settings or Settings.from_env()
+        settings.home.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings.database_url)
+        upgrade(engine)
+        return cls(settings, JobStore(engine))
+
+    def tracker(self) -> Tracker:
+        return Tracker(self.settings.mlflow_uri)
+
+
+# ----------------------------------------------------------------------------------------- models, spec
 
 
 @dataclass(frozen=True)
@@ -41,3 +88,299 @@ def list_models(name_filter: str = "") -> list[ModelInfo]:
             description=entrypoint_doc.strip().splitlines()[0] if entrypoint_doc.strip() else "",
         ))
     return infos
+
+
+def validate(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
+    """Loads and validates a job file, including that its data root exists (or will be generated)."""
+    spec = load_spec(path, overrides)
+    check_data_root(spec, str(path))
+    return spec
+
+
+def check_data_root(spec: JobSpec, source: str) -> None:
+    root = spec.data.root
+    if "://" in root or spec.data.generate:
+        return
+    if not Path(root).expanduser().exists():
+        raise SpecError(f"{source}: data.root: {root} does not exist (set data.generate: true for generated data)")
+
+
+# ---------------------------------------------------------------------------------------------- services
+
+
+def services_up(settings: Settings, *, num_cpus: int | None = None) -> local_services.ServicesStatus:
+    try:
+        return local_services.up(settings, num_cpus=num_cpus)
+    except local_services.ServiceError as error:
+        raise OrchestratorError(str(error)) from None
+
+
+def services_down(settings: Settings) -> local_services.ServicesStatus:
+    return local_services.down(settings)
+
+
+def _ensure_reachable(settings: Settings) -> None:
+    """The embedded services start on demand; a configured cluster or server must already answer."""
+    if (settings.embedded_ray and not local_services.ray_is_up(settings)) or (
+        settings.embedded_mlflow and not local_services.mlflow_is_up(settings)
+    ):
+        services_up(settings)
+    if not local_services.ray_is_up(settings):
+        raise OrchestratorError(f"Ray at {settings.ray_address} is unreachable (or refused the auth token)")
+    if not local_services.mlflow_is_up(settings):
+        raise OrchestratorError(f"MLflow at {settings.mlflow_uri} is unreachable")
+
+
+# ------------------------------------------------------------------------------------------------- jobs
+
+
+def new_job_id(name: str) -> str:
+    return f"{name}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def _git_commit() -> str:
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def _resolve_spec(spec: JobSpec, settings: Settings) -> JobSpec:
+    """Fills what the spec leaves to the deployment (storage path) and makes local paths absolute."""
+    raw = spec.model_dump(mode="json")
+    raw["storage"]["path"] = raw["storage"]["path"] or str(settings.storage_dir)
+    for section, key in (("data", "root"), ("storage", "path"), ("model", "pretrained")):
+        value = raw[section][key]
+        if value and "://" not in value:
+            raw[section][key] = str(Path(value).expanduser().resolve())
+    return parse_spec(raw, source="resolved spec")
+
+
+def _driver_env(settings: Settings) -> dict[str, str]:
+    env = {"MLFLOW_TRACKING_URI": settings.mlflow_uri, "LESA_GIT_COMMIT": _git_commit(),
+           "LESA_ORCH_HOME": str(settings.home)}
+    if settings.embedded_ray:
+        env.update(local_services.ray_auth_env(settings))
+    return env
+
+
+def submit(ctx: Context, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobRecord:
+    """Validates, checks the cluster can run it, records the job (PENDING) and submits it (SUBMITTED)."""
+    spec = _resolve_spec(validate(path, overrides), ctx.settings)
+    _ensure_reachable(ctx.settings)
+    try:
+        check_fits(spec, read_cluster_resources(ctx.settings))
+    except ValueError as error:
+        raise OrchestratorError(f"{path}: {error}") from None
+    job_id = new_job_id(spec.name)
+    record = ctx.store.create(job_id, name=spec.name, task=spec.task, spec=spec.model_dump(mode="json"),
+                              spec_path=str(Path(path).resolve()), ray_address=ctx.settings.ray_address)
+    return _submit_attempt(ctx, record, spec, submission_id=job_id, on_failure="delete")
+
+
+def _submit_attempt(
+    ctx: Context, record: JobRecord, spec: JobSpec, *, submission_id: str, on_failure: str
+) -> JobRecord:
+    try:
+        client = ray_jobs.connect(ctx.settings)
+        ray_jobs.submit(client, ctx.settings, submission_id=submission_id, job_id=record.id,
+                        spec=spec.model_dump(mode="json"), env=_driver_env(ctx.settings))
+    except Exception as error:  # nothing ran: leave no PENDING row (or fail the resumed one)
+        message = f"submission to Ray at {ctx.settings.ray_address} failed: {error}".splitlines()[0]
+        if on_failure == "delete":
+            ctx.store.delete(record.id)
+        else:
+            ctx.store.transition(record.id, JobState.FAILED, error=message)
+        raise OrchestratorError(message) from None
+    return ctx.store.transition(record.id, JobState.SUBMITTED, ray_submission_id=submission_id,
+                                mlflow_experiment=spec.experiment_name)
+
+
+def refresh(ctx: Context, job_id: str) -> JobRecord:
+    """Reconciles the job row with Ray (state) and MLflow (run id, registered version)."""
+    record = ctx.store.get(job_id)
+    if JobState(record.state).is_terminal or not record.ray_submission_id:
+        return record
+    try:
+        info = ray_jobs.info(ray_jobs.connect(ctx.settings), record.ray_submission_id)
+    except Exception:  # Ray unreachable: report what we know
+        return record
+    record = _sync_tracking(ctx, record)
+    if info.state == record.state:
+        return record
+    if info.state == "SUCCEEDED" or JobState(info.state).is_terminal:
+        return _finish(ctx, record, info)
+    if info.state == "RUNNING" and record.state == "SUBMITTED":
+        return ctx.store.transition(job_id, JobState.RUNNING)
+    return record
+
+
+def _sync_tracking(ctx: Context, record: JobRecord) -> JobRecord:
+    if record.mlflow_run_id or not record.mlflow_experiment:
+        return record
+    try:
+        run_id = ctx.tracker().find_job_run(record.id, record.mlflow_experiment)
+    except TrackingError:
+        return record
+    return ctx.store.update(record.id, mlflow_run_id=run_id) if run_id else record
+
+
+def _finish(ctx: Context, record: JobRecord, info: ray_jobs.RayJobInfo) -> JobRecord:
+    if record.state == "SUBMITTED" and info.state != "CANCELLED":
+        record = ctx.store.transition(record.id, JobState.RUNNING)
+    fields: dict[str, str] = {}
+    if record.mlflow_run_id:
+        tracker = ctx.tracker()
+        try:
+            if info.state == "SUCCEEDED":
+                tags = tracker.client.get_run(record.mlflow_run_id).data.tags
+                if "lesa.registered_version" in tags:
+                    fields = {"registered_model": tags["lesa.registered_model"],
+                              "registered_version": tags["lesa.registered_version"]}
+            else:  # a driver that died cannot close its own run
+                tracker.end_run(record.mlflow_run_id, "KILLED" if info.state == "CANCELLED" else "FAILED")
+        except Exception:  # tracking is best effort while reconciling
+            pass
+    error = None if info.state == "SUCCEEDED" else (info.message or f"Ray job {info.state.lower()}")
+    return ctx.store.transition(record.id, JobState(info.state), error=error, **fields)
+
+
+def get_job(ctx: Context, job_id: str) -> JobRecord:
+    return refresh(ctx, job_id)
+
+
+def list_jobs(ctx: Context, state: str | None = None) -> list[JobRecord]:
+    for record in ctx.store.list():
+        if not JobState(record.state).is_terminal:
+            refresh(ctx, record.id)
+    return ctx.store.list(state=state)
+
+
+def wait(ctx: Context, job_id: str, on_update: Callable[[JobRecord], None] | None = None,
+         timeout: float | None = None) -> JobRecord:
+    """Polls until the job ends (or ``timeout`` seconds pass)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        record = refresh(ctx, job_id)
+        if on_update is not None:
+            on_update(record)
+        if JobState(record.state).is_terminal or (deadline is not None and time.monotonic() > deadline):
+            return record
+        time.sleep(POLL_INTERVAL_S)
+
+
+def job_logs(ctx: Context, job_id: str) -> str:
+    record = ctx.store.get(job_id)
+    if not record.ray_submission_id:
+        raise OrchestratorError(f"job '{job_id}' was never submitted to Ray")
+    return ray_jobs.logs(ray_jobs.connect(ctx.settings), record.ray_submission_id)
+
+
+def follow_job_logs(ctx: Context, job_id: str) -> Iterator[str]:
+    record = ctx.store.get(job_id)
+    if not record.ray_submission_id:
+        raise OrchestratorError(f"job '{job_id}' was never submitted to Ray")
+    yield from ray_jobs.follow_logs(ray_jobs.connect(ctx.settings), record.ray_submission_id)
+
+
+def cancel(ctx: Context, job_id: str, timeout: float = 60.0) -> JobRecord:
+    """Stops the Ray job; the row becomes CANCELLED and the MLflow run KILLED."""
+    record = refresh(ctx, job_id)
+    if JobState(record.state).is_terminal:
+        raise OrchestratorError(f"job '{job_id}' already ended ({record.state})")
+    client = ray_jobs.connect(ctx.settings)
+    if record.ray_submission_id:
+        ray_jobs.stop(client, record.ray_submission_id)
+    record = wait(ctx, job_id, timeout=timeout)
+    if not JobState(record.state).is_terminal:
+        raise OrchestratorError(f"job '{job_id}' did not stop within {timeout:.0f}s")
+    return record
+
+
+def resume(ctx: Context, job_id: str) -> JobRecord:
+    """Resubmits an ended job under the same id: Ray Train restores its last checkpoint."""
+    record = refresh(ctx, job_id)
+    if record.state not in ("FAILED", "CANCELLED"):
+        raise OrchestratorError(f"job '{job_id}' is {record.state}; only FAILED or CANCELLED jobs resume")
+    spec = parse_spec(record.spec, source=f"job {job_id}")
+    _ensure_reachable(ctx.settings)
+    record = ctx.store.reopen_for_resume(job_id)
+    submission_id = f"{job_id}-a{record.attempts}"  # Ray keeps submission ids unique; the run name stays
+    return _submit_attempt(ctx, record, spec, submission_id=submission_id, on_failure="fail")
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """A job with what MLflow knows of it."""
+
+    record: JobRecord
+    metrics: dict[str, float] = field(default_factory=dict)
+    mlflow_url: str = ""
+    ray_url: str = ""
+
+
+def report(ctx: Context, record: JobRecord) -> JobReport:
+    metrics: dict[str, float] = {}
+    url = ctx.settings.mlflow_uri
+    if record.mlflow_run_id:
+        try:
+            run = ctx.tracker().client.get_run(record.mlflow_run_id)
+            metrics = dict(run.data.metrics)
+            url = f"{ctx.settings.mlflow_uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        except Exception:  # MLflow may be down; the job row still reports
+            pass
+    return JobReport(record, metrics, url, f"{ctx.settings.ray_address}/#/jobs/{record.ray_submission_id or ''}")
+
+
+def compare(ctx: Context, experiment: str, metric: str | None = None):
+    try:
+        return ctx.tracker().run_summaries(experiment, metric=metric)
+    except TrackingError as error:
+        raise OrchestratorError(str(error)) from None
+
+
+def promote(ctx: Context, model: str, version: str) -> None:
+    try:
+        ctx.tracker().promote(model, version)
+    except TrackingError as error:
+        raise OrchestratorError(str(error)) from None
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def doctor(ctx: Context) -> list[Check]:
+    """Checks the store, Ray, MLflow, storage and GPUs and says what is wrong."""
+    settings = ctx.settings
+    checks = [Check("job store", True, settings.database_url)]
+    ray_ok = local_services.ray_is_up(settings)
+    hint = " (run `lesa-orch up`)" if settings.embedded_ray else ""
+    checks.append(Check("ray", ray_ok, settings.ray_address if ray_ok else f"{settings.ray_address} unreachable{hint}"))
+    if ray_ok:
+        try:
+            resources = read_cluster_resources(settings)
+            detail = f"{resources.node_count} node(s), {resources.cpus:g} CPU, {resources.gpus:g} GPU"
+            checks.append(Check("cluster resources", resources.cpus > 0, detail))
+        except ConnectionError as error:
+            checks.append(Check("cluster resources", False, str(error)))
+    mlflow_ok = local_services.mlflow_is_up(settings)
+    mlflow_detail = settings.mlflow_uri if mlflow_ok else f"{settings.mlflow_uri} unreachable"
+    checks.append(Check("mlflow", mlflow_ok, mlflow_detail))
+    storage = settings.storage_dir
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+        probe = storage / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+        checks.append(Check("storage", True, str(storage)))
+    except OSError as error:
+        checks.append(Check("storage", False, f"{storage}: {error.strerror}"))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    checks.append(Check("local GPUs", True, f"{gpus} visible" if gpus else "none (CPU training only)"))
+    return checks

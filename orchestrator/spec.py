@@ -90,6 +90,8 @@ class DataSection(_Section):
     synthetic: SyntheticData = SyntheticData()
     workers: int = Field(2, ge=0)
     img_size: int = Field(224, ge=16, description="classification crop size")
+    crop_scale: tuple[float, float] = Field((0.08, 1.0), description="classification random-resized-crop area range")
+    auto_augment: str | None = Field(None, description="timm RandAugment string, e.g. rand-m9-mstd0.5")
 
 
 class ScheduleSection(_Section):

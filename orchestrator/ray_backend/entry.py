@@ -1,0 +1,119 @@
+"""The driver of a lesa-orch job: the Ray Jobs entrypoint, run on the cluster.
+
+It reads the resolved spec from ``LESA_JOB_SPEC``, generates the quickstart dataset if asked, opens the
+job's MLflow run (the same one again on resume), runs a ``TorchTrainer`` named after the job id (so a
+resubmission restores its checkpoints), registers the best checkpoint's model with alias ``candidate``
+and closes the run FINISHED, FAILED or KILLED. Its last line is ``LESA_RESULT {json}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from lesa_core.data.synthetic import write_coco_dataset, write_imagenet_dataset
+from lesa_core.engine.checkpoint import read_checkpoint_file
+
+from ..spec import JobSpec, parse_spec
+from ..tracking import Tracker
+from .cluster import worker_resources
+from .train_loop import CHECKPOINT_FILE, build_model, train_loop_per_worker
+
+RESULT_PREFIX = "LESA_RESULT "
+
+
+def ensure_dataset(spec: JobSpec) -> None:
+    """Writes the generated dataset at ``data.root`` when ``data.generate`` is set and it is missing."""
+    root = Path(spec.data.root)
+    if not spec.data.generate or root.exists():
+        return
+    synthetic = spec.data.synthetic
+    print(f"generating the quickstart {spec.data.format} dataset at {root}", flush=True)
+    if spec.data.format == "coco":
+        write_coco_dataset(root, num_train=synthetic.num_train, num_val=synthetic.num_val,
+                           image_size=synthetic.image_size, seed=synthetic.seed)
+    else:
+        write_imagenet_dataset(root, train_per_class=max(1, synthetic.num_train // 10),
+                               val_per_class=max(1, synthetic.num_val // 10), image_size=synthetic.image_size,
+                               seed=synthetic.seed)
+
+
+def build_trainer(spec: JobSpec, job_id: str, *, tracking_uri: str, run_id: str) -> TorchTrainer:
+    """The job's TorchTrainer: workers and resources, failure handling, best-k checkpoints by the metric."""
+    resources = worker_resources(spec)
+    scaling = ScalingConfig(num_workers=spec.resources.num_workers, use_gpu=spec.resources.use_gpu,
+                            resources_per_worker=resources)
+    run = RunConfig(
+        name=job_id,
+        storage_path=spec.storage.path,
+        failure_config=FailureConfig(max_failures=spec.fault_tolerance.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=spec.storage.keep_checkpoints,
+                                           checkpoint_score_attribute=spec.primary_metric,
+                                           checkpoint_score_order=spec.eval.mode),
+    )
+    config = {"spec": spec.model_dump(mode="json"), "job_id": job_id, "tracking_uri": tracking_uri, "run_id": run_id}
+    return TorchTrainer(train_loop_per_worker, train_loop_config=config, scaling_config=scaling, run_config=run)
+
+
+def best_model(spec: JobSpec, result: Any) -> tuple[torch.nn.Module, dict[str, float]]:
+    """The model of the best checkpoint by the primary metric, with that checkpoint's metrics."""
+    checkpoint = result.get_best_checkpoint(metric=spec.primary_metric, mode=spec.eval.mode) or result.checkpoint
+    if checkpoint is None:
+        raise RuntimeError("training reported no checkpoint")
+    best_metrics = next((m for c, m in result.best_checkpoints if c.path == checkpoint.path), result.metrics)
+    with checkpoint.as_directory() as directory:
+        state = read_checkpoint_file(Path(directory) / CHECKPOINT_FILE)
+    model = build_model(spec, state["extra"]["num_classes"])
+    model.load_state_dict(state["model"])
+    return model.eval(), dict(best_metrics)
+
+
+def _raise_on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # `ray job stop` sends SIGTERM to the driver
+
+
+def run_job(spec: JobSpec, job_id: str, submission_id: str, tracker: Tracker) -> dict[str, Any]:
+    ensure_dataset(spec)
+    run_id = tracker.start_job_run(spec, job_id, submission_id=submission_id,
+                                   git_commit=os.environ.get("LESA_GIT_COMMIT", ""))
+    print(f"MLflow run {run_id} in experiment {spec.experiment_name}", flush=True)
+    try:
+        result = build_trainer(spec, job_id, tracking_uri=tracker.tracking_uri, run_id=run_id).fit()
+        outcome: dict[str, Any] = {"job_id": job_id, "run_id": run_id, "final_metrics": dict(result.metrics or {})}
+        model, best_metrics = best_model(spec, result)
+        outcome["best_metrics"] = best_metrics
+        if spec.tracking.register_model:
+            version = tracker.register_model(run_id, model, spec.registered_model_name)
+            outcome.update(registered_model=spec.registered_model_name, registered_version=version)
+            tracker.set_tags(run_id, {"lesa.registered_model": spec.registered_model_name,
+                                      "lesa.registered_version": version})
+        tracker.end_run(run_id, "FINISHED")
+        return outcome
+    except KeyboardInterrupt:
+        tracker.end_run(run_id, "KILLED")
+        raise
+    except BaseException as error:
+        tracker.set_tags(run_id, {"lesa.error": f"{type(error).__name__}: {error}"[:4000]})
+        tracker.end_run(run_id, "FAILED")
+        raise
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    job_id = os.environ["LESA_JOB_ID"]
+    spec = parse_spec(json.loads(os.environ["LESA_JOB_SPEC"]), source=f"job {job_id}")
+    tracker = Tracker(os.environ["MLFLOW_TRACKING_URI"])
+    outcome = run_job(spec, job_id, os.environ.get("LESA_SUBMISSION_ID", job_id), tracker)
+    print(RESULT_PREFIX + json.dumps(outcome, default=str), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""What every Ray Train worker runs: a job spec turned into lesa_core data, model and engine calls.
+
+Under DDP (gloo on CPU, NCCL on GPU, set up by Ray Train) each worker trains on its shard; rank 0 logs
+the epoch's metrics to MLflow and saves the checkpoint that ``ray.train.report`` hands to Ray Train.
+A restarted worker group, or a resubmitted job with the same run name, continues from
+``ray.train.get_checkpoint()``. No model math here: only wiring.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import timm
+import torch
+from torch import nn
+
+from lesa_core.data.coco import CocoInstances, build_coco_loader, build_coco_transforms
+from lesa_core.data.imagenet import build_imagenet_loaders, resolve_imagenet_data_config
+from lesa_core.detection.mask_rcnn import light_heads, maskrcnn_lesa_fpn
+from lesa_core.engine import classification, detection
+from lesa_core.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap_model
+from lesa_core.engine.schedule import build_lr_scheduler
+
+from ..spec import JobSpec, parse_spec
+from ..tracking import Tracker
+
+CHECKPOINT_FILE = "checkpoint.pth"
+
+
+def build_model(spec: JobSpec, num_classes: int) -> nn.Module:
+    """The spec's model: a timm LESA classifier or a Mask R-CNN (``num_classes`` counts the background)."""
+    lesa = spec.model.lesa.model_dump()
+    if spec.task == "classification":
+        return timm.create_model(spec.model.arch, num_classes=num_classes, img_size=spec.model.img_size, **lesa)
+    detector = spec.model.detector
+    heads = light_heads(detector.fpn_channels, num_classes) if detector.light_heads else {}
+    return maskrcnn_lesa_fpn(
+        spec.model.arch, num_classes=num_classes, backbone_weights=spec.model.pretrained,
+        trainable_backbone_layers=detector.trainable_backbone_layers, min_size=detector.min_size,
+        max_size=detector.max_size, fpn_channels=detector.fpn_channels, img_size=spec.model.img_size, **lesa, **heads,
+    )
+
+
+@dataclass
+class _Task:
+    """The pieces one task needs in the epoch loop."""
+
+    model: nn.Module
+    train_loader: Any
+    val_loader: Any
+    num_classes: int
+    extra: dict[str, Any]
+
+
+def _classification_task(spec: JobSpec) -> _Task:
+    probe = timm.create_model(spec.model.arch, num_classes=0, img_size=spec.model.img_size,
+                              **spec.model.lesa.model_dump())
+    train_loader, val_loader = build_imagenet_loaders(
+        spec.data.root, data_config=resolve_imagenet_data_config(probe, spec.data.img_size),
+        batch_size=spec.schedule.batch_size_per_worker, num_workers=spec.data.workers, seed=spec.schedule.seed,
+        crop_scale=spec.data.crop_scale, auto_augment=spec.data.auto_augment,
+    )
+    classes = train_loader.dataset.classes
+    return _Task(build_model(spec, len(classes)), train_loader, val_loader, len(classes), {"classes": list(classes)})
+
+
+def _detection_task(spec: JobSpec) -> _Task:
+    train_set = CocoInstances(spec.data.root, spec.data.train_split or "train", train=True,
+                              transforms=build_coco_transforms(train=True))
+    val_set = CocoInstances(spec.data.root, spec.data.val_split or "val", train=False)
+    batch = spec.schedule.batch_size_per_worker
+    train_loader = build_coco_loader(train_set, batch_size=batch, train=True, workers=spec.data.workers,
+                                     seed=spec.schedule.seed)
+    val_loader = build_coco_loader(val_set, batch_size=batch, train=False, workers=spec.data.workers,
+                                   aspect_ratio_grouping=False)
+    extra = {"class_names": list(train_set.class_names), "label_to_cat_id": train_set.label_to_cat_id}
+    return _Task(build_model(spec, train_set.num_classes), train_loader, val_loader, train_set.num_classes, extra)
+
+
+def _optimizer(spec: JobSpec, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    schedule = spec.schedule
+    if schedule.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=spec.scaled_lr, weight_decay=schedule.weight_decay)
+    return torch.optim.SGD(params, lr=spec.scaled_lr, momentum=schedule.momentum, nesterov=schedule.nesterov,
+                           weight_decay=schedule.weight_decay)
+
+
+def _set_epoch(loader: Any, epoch: int) -> None:
+    for holder in (loader.sampler, loader.batch_sampler):
+        if hasattr(holder, "set_epoch"):
+            holder.set_epoch(epoch)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry: ``config`` holds the resolved spec, the MLflow URI and run id."""
+    spec = parse_spec(config["spec"], source=f"job {config['job_id']}")
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(spec.schedule.seed)
+    task = _detection_task(spec) if spec.task == "detection" else _classification_task(spec)
+    model = ray.train.torch.prepare_model(task.model)
+    optimizer = _optimizer(spec, model)
+    scheduler = build_lr_scheduler(
+        optimizer, epochs=spec.schedule.epochs, steps_per_epoch=len(task.train_loader), decay=spec.schedule.decay,
+        warmup_epochs=spec.schedule.warmup_epochs, milestones=spec.schedule.milestones, gamma=spec.schedule.gamma,
+    )
+    start_epoch, last_eval = 0, {}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = load_checkpoint(Path(directory) / CHECKPOINT_FILE, model=unwrap_model(model),
+                                    optimizer=optimizer, scheduler=scheduler)
+        start_epoch = state["epoch"]  # finished epochs
+        last_eval = state.get("extra", {}).get("eval_metrics", {})
+    tracker = Tracker(config["tracking_uri"]) if rank == 0 and config.get("run_id") else None
+    amp = spec.schedule.amp and device.type == "cuda"
+
+    for epoch in range(start_epoch, spec.schedule.epochs):
+        _set_epoch(task.train_loader, epoch)
+        if spec.task == "detection":
+            metrics = detection.train_one_epoch(model, task.train_loader, optimizer, scheduler, device=device,
+                                                amp=amp, epoch=epoch, grad_clip=spec.schedule.grad_clip)
+        else:
+            metrics = classification.train_one_epoch(model, task.train_loader, optimizer, scheduler, device=device,
+                                                     amp=amp, epoch=epoch, criterion=nn.CrossEntropyLoss())
+        if (epoch + 1) % spec.eval.every_epochs == 0 or epoch + 1 == spec.schedule.epochs:
+            engine = detection if spec.task == "detection" else classification
+            last_eval = engine.evaluate(unwrap_model(model), task.val_loader, device=device, amp=amp)
+        metrics = {**metrics, **last_eval, "epoch": float(epoch)}
+        if tracker is not None:
+            tracker.log_metrics(config["run_id"], metrics, step=epoch)
+        with tempfile.TemporaryDirectory() as directory:
+            report_checkpoint = None
+            if rank == 0:
+                save_checkpoint(Path(directory) / CHECKPOINT_FILE, model=model, optimizer=optimizer,
+                                scheduler=scheduler, scaler=None, epoch=epoch + 1,
+                                extra={**task.extra, "num_classes": task.num_classes, "eval_metrics": last_eval})
+                report_checkpoint = ray.train.Checkpoint.from_directory(directory)
+            ray.train.report(metrics, checkpoint=report_checkpoint)
