@@ -43,7 +43,7 @@ def _user_errors() -> Iterator[None]:
         yield
     except USER_ERRORS as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-        errors.print(f"error: {message}", style="red", markup=False, highlight=False)
+        errors.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 

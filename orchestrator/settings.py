@@ -20,7 +20,8 @@ class Settings:
     """Resolved locations. ``embedded_ray`` / ``embedded_mlflow`` say whether lesa-orch runs them itself.
 
     Environment: ``LESA_ORCH_HOME``, ``LESA_ORCH_DB_URL``, ``RAY_ADDRESS`` (a Ray Jobs / dashboard URL),
-    ``MLFLOW_TRACKING_URI``, ``LESA_ORCH_RAY_PORT``, ``LESA_ORCH_MLFLOW_PORT``.
+    ``MLFLOW_TRACKING_URI``, ``LESA_ORCH_RAY_PORT``, ``LESA_ORCH_MLFLOW_PORT`` (and ``LESA_ORCH_RAY_GCS_PORT``
+    for the embedded head's GCS).
     """
 
     home: Path

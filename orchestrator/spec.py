@@ -62,6 +62,19 @@ class DetectorOptions(_Section):
     fpn_channels: int = Field(256, ge=8)
     light_heads: bool = False
     trainable_backbone_layers: int = Field(3, ge=0, le=5)
+    # torchvision MaskRCNN sampling sizes; None keeps torchvision's default
+    rpn_pre_nms_top_n_train: int | None = Field(None, ge=1)
+    rpn_post_nms_top_n_train: int | None = Field(None, ge=1)
+    rpn_pre_nms_top_n_test: int | None = Field(None, ge=1)
+    rpn_post_nms_top_n_test: int | None = Field(None, ge=1)
+    box_batch_size_per_image: int | None = Field(None, ge=1)
+    box_detections_per_img: int | None = Field(None, ge=1)
+
+    def maskrcnn_kwargs(self) -> dict[str, int]:
+        """The sampling sizes that are set, as torchvision MaskRCNN keywords."""
+        names = ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
+                 "rpn_post_nms_top_n_test", "box_batch_size_per_image", "box_detections_per_img")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
 class ModelSection(_Section):
@@ -241,8 +254,15 @@ def _closest(name: str, options: list[str]) -> str:
     return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(options)}"
 
 
-def apply_override(raw: dict[str, Any], override: str) -> None:
+def apply_override(raw: dict[str, Any], override: str, source: str = "job spec") -> None:
     """Sets ``a.b=c`` in the raw spec dict; the path must exist in the schema; ``c`` is parsed as YAML."""
+    try:
+        _apply_override(raw, override)
+    except SpecError as error:
+        raise SpecError(f"{source}: {error}") from None
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
     if "=" not in override:
         raise SpecError(f"--set {override}: expected KEY=VALUE with a dotted KEY such as schedule.epochs=3")
     path, text = override.split("=", 1)
@@ -276,7 +296,9 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
 
 
 def _format_validation_error(error: ValidationError, source: str) -> str:
-    first = error.errors()[0]
+    # a typo makes both an unknown key and a missing field; the unknown key (with its suggestion) says more
+    problems = error.errors()
+    first = next((problem for problem in problems if problem["type"] == "extra_forbidden"), problems[0])
     location = ".".join(str(part) for part in first["loc"])
     if first["type"] == "extra_forbidden":
         model: type[BaseModel] | None = JobSpec
@@ -295,7 +317,7 @@ def parse_spec(raw: Any, *, source: str = "job spec", overrides: list[str] | tup
         raise SpecError(f"{source}: a job spec must be a mapping of sections, got {type(raw).__name__}")
     raw = dict(raw)
     for override in overrides:
-        apply_override(raw, override)
+        apply_override(raw, override, source)
     raw = _interpolate(raw, "", source)
     try:
         return JobSpec.model_validate(raw)

@@ -98,8 +98,9 @@ def start_ray_head(settings: Settings, *, num_cpus: int | None = None, num_gpus:
     port = urlparse(settings.ray_address).port
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
     log = settings.logs_dir / "ray-start.log"
-    command = [_bin("ray"), "start", "--head", "--dashboard-host=127.0.0.1", f"--dashboard-port={port}",
-               "--include-dashboard=true", "--disable-usage-stats"]
+    gcs_port = os.environ.get("LESA_ORCH_RAY_GCS_PORT", "6379")
+    command = [_bin("ray"), "start", "--head", f"--port={gcs_port}", "--dashboard-host=127.0.0.1",
+               f"--dashboard-port={port}", "--include-dashboard=true", "--disable-usage-stats"]
     if num_cpus is not None:
         command.append(f"--num-cpus={num_cpus}")
     if num_gpus is not None:

@@ -43,6 +43,7 @@ def build_model(spec: JobSpec, num_classes: int) -> nn.Module:
         spec.model.arch, num_classes=num_classes, backbone_weights=spec.model.pretrained,
         trainable_backbone_layers=detector.trainable_backbone_layers, min_size=detector.min_size,
         max_size=detector.max_size, fpn_channels=detector.fpn_channels, img_size=spec.model.img_size, **lesa, **heads,
+        **detector.maskrcnn_kwargs(),
     )
 
 
@@ -119,7 +120,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                     optimizer=optimizer, scheduler=scheduler)
         start_epoch = state["epoch"]  # finished epochs
         last_eval = state.get("extra", {}).get("eval_metrics", {})
+        if rank == 0:
+            print(f"lesa-orch: resumed from checkpoint {checkpoint.path} at epoch {start_epoch}", flush=True)
     tracker = Tracker(config["tracking_uri"]) if rank == 0 and config.get("run_id") else None
+    if rank == 0:
+        print(f"lesa-orch: training on {context.get_world_size()} worker(s), device {device}", flush=True)
     amp = spec.schedule.amp and device.type == "cuda"
 
     for epoch in range(start_epoch, spec.schedule.epochs):
@@ -136,6 +141,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {**metrics, **last_eval, "epoch": float(epoch)}
         if tracker is not None:
             tracker.log_metrics(config["run_id"], metrics, step=epoch)
+            summary = " ".join(f"{key}={value:.4g}" for key, value in sorted(metrics.items()))
+            print(f"lesa-orch: epoch {epoch} {summary}", flush=True)
         with tempfile.TemporaryDirectory() as directory:
             report_checkpoint = None
             if rank == 0:

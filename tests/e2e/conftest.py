@@ -1,0 +1,86 @@
+"""A real embedded lesa-orch deployment for end-to-end tests: a local Ray head (2 CPUs, token auth on), an
+MLflow server on SQLite and the SQLite job store, all under a throwaway home on free ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+REPO = Path(__file__).resolve().parents[2]
+CLI = str(Path(sys.executable).parent / "lesa-orch")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Deployment:
+    home: Path
+    env: dict[str, str]
+    mlflow_uri: str
+
+    def cli(self, *args: str, check: bool = False, timeout: float = 600) -> subprocess.CompletedProcess:
+        done = subprocess.run([CLI, *args], capture_output=True, text=True, env=self.env, cwd=REPO, timeout=timeout)
+        if check and done.returncode != 0:
+            raise AssertionError(f"lesa-orch {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def job(self, job_id: str) -> dict:
+        return json.loads(self.cli("status", job_id, "--json", check=True).stdout)
+
+    def wait_for(self, job_id: str, predicate, timeout: float = 300, what: str = "condition") -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.job(job_id)
+            if predicate(job):
+                return job
+            time.sleep(2)
+        raise AssertionError(f"{job_id}: {what} not reached in {timeout}s; last: {job}")
+
+    def mlflow(self) -> MlflowClient:
+        return MlflowClient(self.mlflow_uri, registry_uri=self.mlflow_uri)
+
+    def epochs_logged(self, run_id: str) -> list[int]:
+        return sorted(int(m.step) for m in self.mlflow().get_metric_history(run_id, "epoch"))
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory) -> Deployment:
+    home = tmp_path_factory.mktemp("lesa-orch-home")
+    ray_port, mlflow_port, gcs_port = _free_port(), _free_port(), _free_port()
+    env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env.update(LESA_ORCH_HOME=str(home), LESA_ORCH_RAY_PORT=str(ray_port), LESA_ORCH_MLFLOW_PORT=str(mlflow_port),
+               LESA_ORCH_RAY_GCS_PORT=str(gcs_port), PYTHONUNBUFFERED="1")
+    deployment = Deployment(home, env, f"http://127.0.0.1:{mlflow_port}")
+    deployment.cli("up", "--num-cpus", "2", check=True, timeout=300)
+    yield deployment
+    deployment.cli("down", timeout=120)
+
+
+def find_process(marker: str, env_marker: str | None = None) -> int:
+    """Pid of a process whose command line contains ``marker`` (and whose environment contains ``env_marker``)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if marker not in command:
+                continue
+            if env_marker and env_marker.encode() not in (proc / "environ").read_bytes():
+                continue
+        except OSError:
+            continue
+        return int(proc.name)
+    raise AssertionError(f"no process running {marker!r}")

@@ -1,0 +1,147 @@
+"""End to end on the embedded default: CLI -> job store -> Ray Jobs -> Ray Train (DDP) -> MLflow + registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+
+import mlflow
+import pytest
+import torch
+from torchvision.io import read_image
+
+from tests.e2e.conftest import find_process
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_coco(deployment) -> list[str]:
+    return [f"data.root={deployment.home}/data/coco_tiny", "data.synthetic.num_train=24", "data.synthetic.num_val=6",
+            "data.synthetic.image_size=96", "model.detector.min_size=96", "model.detector.max_size=96",
+            "schedule.epochs=2", "eval.every_epochs=1"]
+
+
+def tiny_imagenet(deployment, epochs: int = 2, per_class: int = 8) -> list[str]:
+    return [f"data.root={deployment.home}/data/imagenet_tiny_{per_class}", f"data.synthetic.num_train={per_class * 10}",
+            "data.synthetic.num_val=20", "data.synthetic.image_size=32", "data.img_size=32", "model.img_size=32",
+            "schedule.batch_size_per_worker=8", f"schedule.epochs={epochs}", "schedule.warmup_epochs=0"]
+
+
+def _submitted_id(output: str) -> str:
+    match = re.search(r"submitted (\S+)", output)
+    assert match, output
+    return match.group(1)
+
+
+def test_coco_quickstart_with_two_ddp_workers_is_tracked_and_registered(deployment):
+    overrides = [arg for item in [*tiny_coco(deployment), "tracking.tags.api_token=hunter2"] for arg in ("--set", item)]
+    done = deployment.cli("submit", "jobs/quickstart_coco.yaml", *overrides)
+    assert done.returncode == 0, done.stdout + done.stderr
+    job_id = _submitted_id(done.stdout)
+    assert "coco/bbox_mAP" in done.stdout and "coco/segm_mAP" in done.stdout
+    assert "registered model: lesa-detection-test_lesa_resnet version" in done.stdout
+    assert "MLflow: http://127.0.0.1" in done.stdout and "Ray dashboard: http://127.0.0.1" in done.stdout
+
+    job = deployment.job(job_id)
+    assert job["state"] == "SUCCEEDED" and job["registered_version"]
+    client = deployment.mlflow()
+    run = client.get_run(job["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["lesa.job_id"] == job_id and "torch=" in run.data.tags["lesa.versions"]
+    assert "lesa.git_commit" in run.data.tags
+    assert run.data.params["model.arch"] == "test_lesa_resnet" and run.data.params["resources.num_workers"] == "2"
+    assert run.data.params["tracking.tags.api_token"] == "***"
+    assert "hunter2" not in json.dumps(run.data.params)
+    for metric in ("coco/bbox_mAP", "coco/segm_mAP", "coco/bbox_mAP_50", "train/loss"):
+        assert [int(m.step) for m in client.get_metric_history(run.info.run_id, metric)] == [0, 1], metric
+    assert "spec.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+    model = mlflow.pytorch.load_model("models:/lesa-detection-test_lesa_resnet@candidate")
+    image_path = next((deployment.home / "data" / "coco_tiny" / "val2017").glob("*.jpg"))
+    with torch.no_grad():
+        prediction = model.eval()([read_image(str(image_path)).float() / 255])[0]
+    assert {"boxes", "labels", "scores", "masks"} <= set(prediction)
+
+    listed = json.loads(deployment.cli("list", "--json", check=True).stdout)
+    assert job_id in [j["id"] for j in listed]
+    logs = deployment.cli("logs", job_id, check=True).stdout
+    assert "training on 2 worker(s)" in logs and "lesa-orch: epoch 1" in logs
+
+
+def test_classification_quickstart_with_one_worker(deployment):
+    overrides = [arg for item in tiny_imagenet(deployment) for arg in ("--set", item)]
+    done = deployment.cli("submit", "jobs/quickstart_imagenet.yaml", *overrides)
+    assert done.returncode == 0, done.stdout + done.stderr
+    job = deployment.job(_submitted_id(done.stdout))
+    assert job["state"] == "SUCCEEDED"
+    assert {"val/acc1", "val/acc5", "val/loss"} <= set(job["metrics"])
+    version = deployment.mlflow().get_model_version_by_alias("lesa-classification-test_lesa_resnet", "candidate")
+    assert version.version == job["registered_version"]
+    classifier = mlflow.pytorch.load_model("models:/lesa-classification-test_lesa_resnet@candidate")
+    assert classifier.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+
+
+def _submit_detached(deployment, *overrides: str) -> str:
+    args = [arg for item in overrides for arg in ("--set", item)]
+    done = deployment.cli("submit", "jobs/quickstart_imagenet.yaml", *args, "--detach", check=True)
+    return _submitted_id(done.stdout)
+
+
+def _wait_for_epochs(deployment, job_id: str, count: int) -> dict:
+    return deployment.wait_for(
+        job_id, lambda j: j.get("mlflow_run_id") and len(deployment.epochs_logged(j["mlflow_run_id"])) >= count,
+        what=f"{count} epochs logged",
+    )
+
+
+def test_cancel_stops_the_job_and_kills_the_run(deployment):
+    job_id = _submit_detached(deployment, *tiny_imagenet(deployment, epochs=30))
+    job = _wait_for_epochs(deployment, job_id, 1)
+    done = deployment.cli("cancel", job_id)
+    assert done.returncode == 0, done.stdout + done.stderr
+    job = deployment.job(job_id)
+    assert job["state"] == "CANCELLED"
+    assert deployment.mlflow().get_run(job["mlflow_run_id"]).info.status == "KILLED"
+
+
+def test_a_killed_worker_is_restarted_from_the_last_checkpoint(deployment):
+    job_id = _submit_detached(deployment, *tiny_imagenet(deployment, epochs=6, per_class=16),
+                              "fault_tolerance.max_failures=2")
+    job = _wait_for_epochs(deployment, job_id, 2)
+    os.kill(find_process("RayTrainWorker"), signal.SIGKILL)
+    job = deployment.wait_for(job_id, lambda j: j["state"] in ("SUCCEEDED", "FAILED"), what="the end")
+    logs = deployment.cli("logs", job_id, check=True).stdout
+    assert job["state"] == "SUCCEEDED", logs[-3000:]
+    resumed = [int(epoch) for epoch in re.findall(r"resumed from checkpoint \S+ at epoch (\d+)", logs)]
+    assert resumed and resumed[0] >= 2
+    assert deployment.epochs_logged(job["mlflow_run_id"])[-1] == 5
+
+
+def test_resume_after_the_driver_died_continues_from_the_last_checkpoint(deployment):
+    job_id = _submit_detached(deployment, *tiny_imagenet(deployment, epochs=6, per_class=16))
+    _wait_for_epochs(deployment, job_id, 2)
+    os.kill(find_process("orchestrator.ray_backend.entry", env_marker=job_id), signal.SIGKILL)
+    job = deployment.wait_for(job_id, lambda j: j["state"] == "FAILED", what="FAILED after the driver died")
+    assert deployment.mlflow().get_run(job["mlflow_run_id"]).info.status == "FAILED"
+    done = deployment.cli("resume", job_id)
+    assert done.returncode == 0, done.stdout + done.stderr
+    job = deployment.job(job_id)
+    assert job["state"] == "SUCCEEDED" and job["attempts"] == 2
+    logs = deployment.cli("logs", job_id, check=True).stdout
+    resumed = [int(epoch) for epoch in re.findall(r"resumed from checkpoint \S+ at epoch (\d+)", logs)]
+    assert resumed and resumed[0] >= 2
+    run = deployment.mlflow().get_run(job["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and deployment.epochs_logged(run.info.run_id)[-1] == 5
+
+
+def test_a_job_the_cluster_cannot_fit_is_refused_without_a_trace(deployment):
+    done = deployment.cli("submit", "jobs/quickstart_imagenet.yaml", "--set", "resources.num_workers=8", "--detach")
+    assert done.returncode == 1
+    assert "resources: 8 workers x 1 CPU need 8 CPU, the cluster has 2" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    before = {j["id"] for j in json.loads(deployment.cli("list", "--json", check=True).stdout)}
+    assert not any(j.startswith("quickstart-imagenet") and j not in before for j in before)
+    assert not [j for j in json.loads(deployment.cli("list", "--json", "--state", "PENDING", check=True).stdout)]
+
