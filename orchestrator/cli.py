@@ -72,7 +72,8 @@ def _job_table(records: list[JobRecord]) -> Table:
 def _render_report(job: service.JobReport, *, verbose: bool = True) -> None:
     record = job.record
     style = STATE_STYLES.get(record.state, "white")
-    console.print(f"job [bold]{record.id}[/]  [{style}]{record.state}[/]  ({record.task}, attempt {record.attempts})")
+    console.print(f"job [bold]{record.id}[/]  [{style}]{record.state}[/]  ({record.task}, attempt {record.attempts})",
+                  soft_wrap=True)
     if record.error:
         console.print(f"error: {record.error}", style="red", markup=False)
     interesting = {k: v for k, v in sorted(job.metrics.items()) if k.startswith(("coco/", "val/"))}
@@ -85,9 +86,9 @@ def _render_report(job: service.JobReport, *, verbose: bool = True) -> None:
         console.print(table)
     if record.registered_version:
         console.print(f"registered model: {record.registered_model} version {record.registered_version} "
-                      f"(alias candidate; load with models:/{record.registered_model}@candidate)")
-    console.print(f"MLflow: {job.mlflow_url}")
-    console.print(f"Ray dashboard: {job.ray_url}")
+                      f"(alias candidate; load with models:/{record.registered_model}@candidate)", soft_wrap=True)
+    console.print(f"MLflow: {job.mlflow_url}", soft_wrap=True)  # URLs stay whole so terminals can open them
+    console.print(f"Ray dashboard: {job.ray_url}", soft_wrap=True)
 
 
 @app.callback()

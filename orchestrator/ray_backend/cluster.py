@@ -72,7 +72,7 @@ def check_fits(spec: JobSpec, cluster: ClusterResources) -> None:
     storage = spec.storage.path or ""
     if cluster.node_count > 1 and workers > 1 and "://" not in storage:
         raise ResourceError(
-            f"storage.path: {storage or 'the default local path'} is local, but the cluster has "
+            f"storage.path: {storage or 'unset (a local folder)'} is local, but the cluster has "
             f"{cluster.node_count} nodes; multi-node checkpoints need shared storage (s3://, gs://, or a shared mount "
             "given as file:// on every node)"
         )

@@ -6,6 +6,7 @@ import asyncio
 import json
 import shlex
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from ..settings import Settings
 from .local_services import ray_auth_headers
 
 ENTRY_MODULE = "orchestrator.ray_backend.entry"
+AGENT_WAIT_S = 90.0
 # Ray job status -> lesa-orch job state
 RAY_TO_JOB_STATE = {
     JobStatus.PENDING: "SUBMITTED",
@@ -51,15 +53,33 @@ def entrypoint(settings: Settings) -> str:
 
 
 def submit(
-    client: JobSubmissionClient, settings: Settings, *, submission_id: str, job_id: str, spec: dict, env: dict[str, str]
+    client: JobSubmissionClient,
+    settings: Settings,
+    *,
+    submission_id: str,
+    job_id: str,
+    spec: dict,
+    env: dict[str, str],
+    agent_timeout: float = AGENT_WAIT_S,
 ) -> str:
-    """Submits the job driver; the spec and job id travel as environment variables of the driver."""
+    """Submits the job driver; the spec and job id travel as environment variables of the driver.
+
+    A head that has just started answers "No available agent" until its job agent registers; that one
+    answer is retried for ``agent_timeout`` seconds.
+    """
     runtime_env = {"env_vars": {**env, "LESA_JOB_ID": job_id, "LESA_SUBMISSION_ID": submission_id,
                                 "LESA_JOB_SPEC": json.dumps(spec)}}
-    return client.submit_job(
-        entrypoint=entrypoint(settings), submission_id=submission_id, runtime_env=runtime_env,
-        metadata={"lesa.job_id": job_id, "name": spec["name"]},
-    )
+    deadline = time.monotonic() + agent_timeout
+    while True:
+        try:
+            return client.submit_job(
+                entrypoint=entrypoint(settings), submission_id=submission_id, runtime_env=runtime_env,
+                metadata={"lesa.job_id": job_id, "name": spec["name"]},
+            )
+        except RuntimeError as error:
+            if "No available agent" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 def info(client: JobSubmissionClient, submission_id: str) -> RayJobInfo:

@@ -135,8 +135,11 @@ def start_mlflow_server(settings: Settings) -> None:
         "--artifacts-destination", str(settings.mlflow_dir / "artifacts"),
         "--host", parsed.hostname or "127.0.0.1", "--port", str(parsed.port or 5000), "--workers", "1",
     ]
+    # the server's job runner (8 consumer processes for GenAI scoring) is not needed and costs ~2 GB
+    environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env=environment)
     _mlflow_pid_file(settings).write_text(str(process.pid))
     try:
         _wait_until(lambda: mlflow_is_up(settings), f"MLflow server at {settings.mlflow_uri}", log)

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow import MlflowClient
 
@@ -64,6 +65,8 @@ def deployment(tmp_path_factory) -> Deployment:
     env.update(LESA_ORCH_HOME=str(home), LESA_ORCH_RAY_PORT=str(ray_port), LESA_ORCH_MLFLOW_PORT=str(mlflow_port),
                LESA_ORCH_RAY_GCS_PORT=str(gcs_port), PYTHONUNBUFFERED="1")
     deployment = Deployment(home, env, f"http://127.0.0.1:{mlflow_port}")
+    mlflow.set_tracking_uri(deployment.mlflow_uri)  # models:/ URIs in the tests resolve against this server
+    mlflow.set_registry_uri(deployment.mlflow_uri)
     deployment.cli("up", "--num-cpus", "2", check=True, timeout=300)
     yield deployment
     deployment.cli("down", timeout=120)
