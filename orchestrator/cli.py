@@ -5,11 +5,13 @@ Errors a user can fix print one red line and exit 1 (2 for usage errors, as clic
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,6 +22,7 @@ from .settings import Settings
 from .spec import SpecError, spec_json_schema
 from .store import InvalidTransitionError, JobRecord, UnknownJobError
 
+T = TypeVar("T")
 app = typer.Typer(
     help="Train, tune and track Locally Enhanced Self-Attention (LESA) models on Ray with MLflow.",
     no_args_is_help=True,
@@ -189,17 +192,21 @@ def _read_verb(render: Callable[[service.Context], None], address: str | None) -
         render(_context(address))
 
 
+def _fetch(fetch: Callable[[service.Context], T], address: str | None) -> T:
+    """Runs a read-only service call with anything libraries print sent to stderr, so stdout stays clean."""
+    with _user_errors(), contextlib.redirect_stdout(sys.stderr):
+        return fetch(_context(address))
+
+
 @app.command()
 def status(job_id: JobArg, as_json: JsonFlag = False, address: AddressFlag = None) -> None:
     """Show a job: state, error, metrics, registered model, links."""
-    def render(ctx: service.Context) -> None:
-        job = service.report(ctx, service.get_job(ctx, job_id))
-        if as_json:
-            _print_json({**job.record.to_dict(), "metrics": job.metrics, "mlflow_url": job.mlflow_url,
-                         "ray_url": job.ray_url})
-        else:
-            _render_report(job)
-    _read_verb(render, address)
+    job = _fetch(lambda ctx: service.report(ctx, service.get_job(ctx, job_id)), address)
+    if as_json:
+        _print_json({**job.record.to_dict(), "metrics": job.metrics, "mlflow_url": job.mlflow_url,
+                     "ray_url": job.ray_url})
+    else:
+        _render_report(job)
 
 
 @app.command(name="list")
@@ -209,13 +216,11 @@ def list_(
     address: AddressFlag = None,
 ) -> None:
     """List jobs, newest first."""
-    def render(ctx: service.Context) -> None:
-        records = service.list_jobs(ctx, state.upper() if state else None)
-        if as_json:
-            _print_json([r.to_dict() for r in records])
-        else:
-            console.print(_job_table(records))
-    _read_verb(render, address)
+    records = _fetch(lambda ctx: service.list_jobs(ctx, state.upper() if state else None), address)
+    if as_json:
+        _print_json([r.to_dict() for r in records])
+    else:
+        console.print(_job_table(records))
 
 
 @app.command()
@@ -270,22 +275,20 @@ def compare(
     as_json: JsonFlag = False,
 ) -> None:
     """Compare the runs of an MLflow experiment in a table."""
-    def render(ctx: service.Context) -> None:
-        runs = service.compare(ctx, experiment, metric)
-        if as_json:
-            _print_json([run.__dict__ for run in runs])
-            return
-        reported = {key for run in runs for key in run.metrics if key.startswith(("coco/", "val/"))}
-        columns = [metric] if metric else sorted(reported)[:6]
-        table = Table(title=f"runs of {experiment}")
-        for column in ("job", "status", "arch", "fusion", *columns):
-            table.add_column(column)
-        for run in runs:
-            values = [f"{run.metrics[c]:.4f}" if c in run.metrics else "" for c in columns]
-            table.add_row(run.job_id or run.run_id, run.status, run.params.get("model.arch", ""),
-                          run.params.get("model.lesa.fusion", ""), *values)
-        console.print(table)
-    _read_verb(render, None)
+    runs = _fetch(lambda ctx: service.compare(ctx, experiment, metric), None)
+    if as_json:
+        _print_json([run.__dict__ for run in runs])
+        return
+    reported = {key for run in runs for key in run.metrics if key.startswith(("coco/", "val/"))}
+    columns = [metric] if metric else sorted(reported)[:6]
+    table = Table(title=f"runs of {experiment}")
+    for column in ("job", "status", "arch", "fusion", *columns):
+        table.add_column(column)
+    for run in runs:
+        values = [f"{run.metrics[c]:.4f}" if c in run.metrics else "" for c in columns]
+        table.add_row(run.job_id or run.run_id, run.status, run.params.get("model.arch", ""),
+                      run.params.get("model.lesa.fusion", ""), *values)
+    console.print(table)
 
 
 @app.command()

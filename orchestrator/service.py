@@ -7,6 +7,7 @@ messages; a failed submission leaves no PENDING row behind.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import subprocess
 import time
@@ -296,6 +297,10 @@ def cancel(ctx: Context, job_id: str, timeout: float = 60.0) -> JobRecord:
     record = wait(ctx, job_id, timeout=timeout)
     if not JobState(record.state).is_terminal:
         raise OrchestratorError(f"job '{job_id}' did not stop within {timeout:.0f}s")
+    record = _sync_tracking(ctx, record)
+    if record.state == "CANCELLED" and record.mlflow_run_id:
+        with contextlib.suppress(TrackingError):  # the job is cancelled either way
+            ctx.tracker().end_run(record.mlflow_run_id, "KILLED", unless_finished=True)
     return record
 
 

@@ -117,10 +117,12 @@ class Tracker:
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self._call("tag run", self.client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def end_run(self, run_id: str, status: str) -> None:
-        """Marks the run FINISHED, FAILED or KILLED (only if it is still running)."""
+    def end_run(self, run_id: str, status: str, *, unless_finished: bool = False) -> None:
+        """Marks the run FINISHED, FAILED or KILLED if it is still running (or, with ``unless_finished``, if it
+        did not finish: a user's cancel turns a run the dying driver marked FAILED into KILLED)."""
         run = self._call("get run", self.client.get_run, run_id)
-        if RunStatus.is_terminated(RunStatus.from_string(run.info.status)):
+        current = RunStatus.from_string(run.info.status)
+        if RunStatus.is_terminated(current) and not (unless_finished and current != RunStatus.FINISHED):
             return
         self._call("end run", self.client.set_terminated, run_id, status=status)
 

@@ -76,11 +76,23 @@ def best_model(spec: JobSpec, result: Any) -> tuple[torch.nn.Module, dict[str, f
     return model.eval(), dict(best_metrics)
 
 
-def _raise_on_sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")  # `ray job stop` sends SIGTERM to the driver
+class StopSignal:
+    """SIGTERM handler: ``ray job stop`` asked the driver to end, so its run is KILLED rather than FAILED.
+
+    Ray Train may wrap the interrupt in its own error, so the flag, not the exception type, decides.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.received = True
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
-def run_job(spec: JobSpec, job_id: str, submission_id: str, tracker: Tracker) -> dict[str, Any]:
+def run_job(
+    spec: JobSpec, job_id: str, submission_id: str, tracker: Tracker, stop: StopSignal | None = None
+) -> dict[str, Any]:
     ensure_dataset(spec)
     run_id = tracker.start_job_run(spec, job_id, submission_id=submission_id,
                                    git_commit=os.environ.get("LESA_GIT_COMMIT", ""))
@@ -97,21 +109,21 @@ def run_job(spec: JobSpec, job_id: str, submission_id: str, tracker: Tracker) ->
                                       "lesa.registered_version": version})
         tracker.end_run(run_id, "FINISHED")
         return outcome
-    except KeyboardInterrupt:
-        tracker.end_run(run_id, "KILLED")
-        raise
     except BaseException as error:
-        tracker.set_tags(run_id, {"lesa.error": f"{type(error).__name__}: {error}"[:4000]})
-        tracker.end_run(run_id, "FAILED")
+        stopped = isinstance(error, KeyboardInterrupt) or (stop is not None and stop.received)
+        if not stopped:
+            tracker.set_tags(run_id, {"lesa.error": f"{type(error).__name__}: {error}"[:4000]})
+        tracker.end_run(run_id, "KILLED" if stopped else "FAILED")
         raise
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    stop = StopSignal()
+    signal.signal(signal.SIGTERM, stop)
     job_id = os.environ["LESA_JOB_ID"]
     spec = parse_spec(json.loads(os.environ["LESA_JOB_SPEC"]), source=f"job {job_id}")
     tracker = Tracker(os.environ["MLFLOW_TRACKING_URI"])
-    outcome = run_job(spec, job_id, os.environ.get("LESA_SUBMISSION_ID", job_id), tracker)
+    outcome = run_job(spec, job_id, os.environ.get("LESA_SUBMISSION_ID", job_id), tracker, stop)
     print(RESULT_PREFIX + json.dumps(outcome, default=str), flush=True)
 
 

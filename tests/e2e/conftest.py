@@ -39,7 +39,12 @@ class Deployment:
         return done
 
     def job(self, job_id: str) -> dict:
-        return json.loads(self.cli("status", job_id, "--json", check=True).stdout)
+        done = self.cli("status", job_id, "--json", check=True)
+        try:
+            return json.loads(done.stdout)
+        except json.JSONDecodeError as error:
+            message = f"status --json is not JSON: {done.stdout[:500]!r} (stderr {done.stderr[-500:]!r})"
+            raise AssertionError(message) from error
 
     def wait_for(self, job_id: str, predicate, timeout: float = 300, what: str = "condition") -> dict:
         deadline = time.monotonic() + timeout
