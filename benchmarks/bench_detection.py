@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import time
 from contextlib import nullcontext
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from report import write_report
 from tqdm import tqdm
 
 from lesa_core.detection.mask_rcnn import maskrcnn_lesa_fpn
@@ -124,24 +123,9 @@ def main() -> None:
         if baseline and "images_per_sec" in result:
             result["throughput_vs_conv"] = result["images_per_sec"] / baseline["images_per_sec"]
             result["memory_vs_conv"] = result["peak_memory_gib"] / baseline["peak_memory_gib"]
-    report = {
-        "benchmark": "bench_detection",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "device": args.device,
-        "device_name": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor(),
-        "torch": torch.__version__,
-        "settings": {"batch_size": args.batch_size, "image": [args.height, args.width], "steps": args.steps,
-                     "warmup": args.warmup, "bf16": args.bf16},
-        "memory": "torch.cuda.max_memory_allocated" if args.device.startswith("cuda") else "peak RSS of the process",
-        "results": results,
-    }
-    out = args.out or Path(__file__).parent / "results" / f"bench_detection_{args.device.split(':')[0]}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    for result in results:
-        print(json.dumps(result))
-    print(f"wrote {out}")
-
+    settings = {"batch_size": args.batch_size, "image": [args.height, args.width], "steps": args.steps,
+                "warmup": args.warmup, "bf16": args.bf16}
+    write_report("bench_detection", args.device, settings, results, args.out)
 
 if __name__ == "__main__":
     main()

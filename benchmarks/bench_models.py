@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import time
 from contextlib import nullcontext
-from datetime import UTC, datetime
 from pathlib import Path
 
 import timm
 import torch
+from report import write_report
 from tqdm import tqdm
 
 import lesa_core  # noqa: F401  (registers the models)
@@ -160,27 +159,9 @@ def main() -> None:
     jobs = [(case, precision) for precision in args.precisions.split(",") for case in cases]
     results = [_in_subprocess(case, precision, args) for case, precision in tqdm(jobs, desc="benchmark cases")]
     add_ratios(results)
-    device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu"
-    report = {
-        "benchmark": "bench_models",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "device": args.device,
-        "device_name": device_name,
-        "cpu_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "settings": {"batch_size": args.batch_size, "img_size": args.img_size, "steps": args.steps,
-                     "warmup": args.warmup, "layer_case": "LesaAttention(256, heads=8), input (2, 256, 64, 64)"},
-        "memory": "torch.cuda.max_memory_allocated" if args.device.startswith("cuda") else "peak RSS of the process",
-        "results": results,
-    }
-    out = args.out or Path(__file__).parent / "results" / f"bench_models_{args.device.split(':')[0]}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    for result in results:
-        print(json.dumps(result))
-    print(f"wrote {out}")
-
+    settings = {"batch_size": args.batch_size, "img_size": args.img_size, "steps": args.steps, "warmup": args.warmup,
+                "layer_case": "LesaAttention(256, heads=8), input (2, 256, 64, 64)"}
+    write_report("bench_models", args.device, settings, results, args.out, timm=timm.__version__)
 
 if __name__ == "__main__":
     main()

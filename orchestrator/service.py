@@ -16,11 +16,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import timm
-import torch
-
-from lesa_core.models import LESA_MODEL_NAMES
-
 from .ray_backend import jobs as ray_jobs
 from .ray_backend import local_services
 from .ray_backend.cluster import check_fits, read_cluster_resources
@@ -74,6 +69,12 @@ class ModelInfo:
 
 def list_models(name_filter: str = "") -> list[ModelInfo]:
     """Registered LESA models whose name contains ``name_filter``; built on the meta device, so instant."""
+    # torch and timm cost ~3 s to import: only the verbs that need them load them
+    import timm
+    import torch
+
+    from lesa_core.models import LESA_MODEL_NAMES
+
     infos = []
     for name in LESA_MODEL_NAMES:
         if name_filter not in name:
@@ -386,6 +387,8 @@ def doctor(ctx: Context) -> list[Check]:
         checks.append(Check("storage", True, str(storage)))
     except OSError as error:
         checks.append(Check("storage", False, f"{storage}: {error.strerror}"))
+    import torch  # see list_models
+
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     checks.append(Check("local GPUs", True, f"{gpus} visible" if gpus else "none (CPU training only)"))
     return checks

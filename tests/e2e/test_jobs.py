@@ -68,6 +68,8 @@ def test_coco_quickstart_with_two_ddp_workers_is_tracked_and_registered(deployme
     assert job_id in [j["id"] for j in listed]
     logs = deployment.cli("logs", job_id, check=True).stdout
     assert "training on 2 worker(s)" in logs and "lesa-orch: epoch 1" in logs
+    followed = deployment.cli("logs", job_id, "--follow", check=True, timeout=120).stdout
+    assert "lesa-orch: epoch 1" in followed  # a finished job's stream ends by itself
 
 
 def test_classification_quickstart_with_one_worker(deployment):
@@ -81,6 +83,18 @@ def test_classification_quickstart_with_one_worker(deployment):
     assert version.version == job["registered_version"]
     classifier = mlflow.pytorch.load_model("models:/lesa-classification-test_lesa_resnet@candidate")
     assert classifier.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+
+    runs = json.loads(deployment.cli("compare", "--experiment", "lesa/synthetic_imagenet/classification",
+                                     "--metric", "val/acc1", "--json", check=True).stdout)
+    assert job["id"] in [run["job_id"] for run in runs] and "val/acc1" in runs[0]["metrics"]
+    deployment.cli("promote", "lesa-classification-test_lesa_resnet", job["registered_version"], check=True)
+    champion = deployment.mlflow().get_model_version_by_alias("lesa-classification-test_lesa_resnet", "champion")
+    assert champion.version == job["registered_version"]
+    refused = deployment.cli("promote", "lesa-classification-test_lesa_resnet", "99")
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
+    doctor = deployment.cli("doctor")
+    assert doctor.returncode == 0, doctor.stdout
+    assert "ok   ray" in doctor.stdout and "ok   mlflow" in doctor.stdout and "1 node(s), 2 CPU" in doctor.stdout
 
 
 def _submit_detached(deployment, *overrides: str) -> str:
@@ -107,10 +121,11 @@ def test_cancel_stops_the_job_and_kills_the_run(deployment):
 
 
 def test_a_killed_worker_is_restarted_from_the_last_checkpoint(deployment):
-    job_id = _submit_detached(deployment, *tiny_imagenet(deployment, epochs=6, per_class=16),
+    # long enough (30 short epochs) that the kill lands mid-training
+    job_id = _submit_detached(deployment, *tiny_imagenet(deployment, epochs=30, per_class=16),
                               "fault_tolerance.max_failures=2")
     job = _wait_for_epochs(deployment, job_id, 2)
-    os.kill(find_process("RayTrainWorker"), signal.SIGKILL)
+    os.kill(find_process("RayTrainWorker", env_marker=job_id), signal.SIGKILL)  # this job's worker, not a lingering one
     job = deployment.wait_for(job_id, lambda j: j["state"] in ("SUCCEEDED", "FAILED"), what="the end")
     logs = deployment.cli("logs", job_id, check=True).stdout
     assert job["state"] == "SUCCEEDED", logs[-3000:]
@@ -118,11 +133,11 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(deployment):
     # last persisted epoch (>= 1), never 0: that proves it restored rather than started over
     resumed = [int(epoch) for epoch in re.findall(r"resumed from checkpoint \S+ at epoch (\d+)", logs)]
     assert resumed and min(resumed) >= 1
-    assert deployment.epochs_logged(job["mlflow_run_id"])[-1] == 5
+    assert deployment.epochs_logged(job["mlflow_run_id"])[-1] == 29
 
 
 def test_resume_after_the_driver_died_continues_from_the_last_checkpoint(deployment):
-    job_id = _submit_detached(deployment, *tiny_imagenet(deployment, epochs=6, per_class=16))
+    job_id = _submit_detached(deployment, *tiny_imagenet(deployment, epochs=30, per_class=16))
     _wait_for_epochs(deployment, job_id, 2)
     os.kill(find_process("orchestrator.ray_backend.entry", env_marker=job_id), signal.SIGKILL)
     job = deployment.wait_for(job_id, lambda j: j["state"] == "FAILED", what="FAILED after the driver died")
@@ -135,7 +150,7 @@ def test_resume_after_the_driver_died_continues_from_the_last_checkpoint(deploym
     resumed = [int(epoch) for epoch in re.findall(r"resumed from checkpoint \S+ at epoch (\d+)", logs)]
     assert resumed and min(resumed) >= 1
     run = deployment.mlflow().get_run(job["mlflow_run_id"])
-    assert run.info.status == "FINISHED" and deployment.epochs_logged(run.info.run_id)[-1] == 5
+    assert run.info.status == "FINISHED" and deployment.epochs_logged(run.info.run_id)[-1] == 29
 
 
 def test_a_job_the_cluster_cannot_fit_is_refused_without_a_trace(deployment):
