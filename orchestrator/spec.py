@@ -155,7 +155,11 @@ class FaultToleranceSection(_Section):
 
 class StorageSection(_Section):
     path: str | None = Field(None, description="Ray Train storage, local or s3://; default <home>/ray_results")
-    keep_checkpoints: int = Field(2, ge=1, description="best checkpoints kept, by the primary metric")
+    keep_checkpoints: int | None = Field(
+        None, ge=1,
+        description="best checkpoints kept by the primary metric; None keeps all. Pruning is opt-in because Ray "
+        "Train 2.60 cannot restore a run whose driver died just after it pruned a checkpoint",
+    )
 
 
 class TrackingSection(_Section):

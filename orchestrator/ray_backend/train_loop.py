@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import ray.train
 import ray.train.torch
 import timm
@@ -98,6 +99,32 @@ def _set_epoch(loader: Any, epoch: int) -> None:
             holder.set_epoch(epoch)
 
 
+def complete_checkpoint(checkpoint: ray.train.Checkpoint) -> ray.train.Checkpoint | None:
+    """The checkpoint Ray Train restored if its file is there, else the newest complete one beside it.
+
+    A driver killed while a checkpoint was being persisted leaves that checkpoint's folder without its file;
+    restoring from it would fail on every restart.
+    """
+    filesystem = checkpoint.filesystem
+
+    def has_file(path: str) -> bool:
+        return filesystem.get_file_info(f"{path}/{CHECKPOINT_FILE}").type == pyarrow.fs.FileType.File
+
+    if has_file(checkpoint.path):
+        return checkpoint
+    parent = checkpoint.path.rstrip("/").rsplit("/", 1)[0]
+    siblings = filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
+    # folder names are checkpoint_<timestamp>, so name order is time order
+    folders = sorted((i.path for i in siblings if i.type == pyarrow.fs.FileType.Directory
+                      and i.base_name.startswith("checkpoint_")), reverse=True)
+    for path in folders:
+        if has_file(path):
+            print(f"lesa-orch: checkpoint {checkpoint.path} is incomplete; using {path}", flush=True)
+            return ray.train.Checkpoint(path, filesystem=filesystem)
+    print(f"lesa-orch: checkpoint {checkpoint.path} is incomplete and no other exists; starting over", flush=True)
+    return None
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry: ``config`` holds the resolved spec, the MLflow URI and run id."""
     spec = parse_spec(config["spec"], source=f"job {config['job_id']}")
@@ -114,6 +141,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     start_epoch, last_eval = 0, {}
     checkpoint = ray.train.get_checkpoint()
+    checkpoint = complete_checkpoint(checkpoint) if checkpoint is not None else None
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(Path(directory) / CHECKPOINT_FILE, model=unwrap_model(model),
