@@ -163,13 +163,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         else:
             metrics = classification.train_one_epoch(model, task.train_loader, optimizer, scheduler, device=device,
                                                      amp=amp, epoch=epoch, criterion=nn.CrossEntropyLoss())
+        fresh_eval: dict[str, float] = {}
         if (epoch + 1) % spec.eval.every_epochs == 0 or epoch + 1 == spec.schedule.epochs:
             engine = detection if spec.task == "detection" else classification
-            last_eval = engine.evaluate(unwrap_model(model), task.val_loader, device=device, amp=amp)
-        metrics = {**metrics, **last_eval, "epoch": float(epoch)}
-        if tracker is not None:
-            tracker.log_metrics(config["run_id"], metrics, step=epoch)
-            summary = " ".join(f"{key}={value:.4g}" for key, value in sorted(metrics.items()))
+            fresh_eval = last_eval = engine.evaluate(unwrap_model(model), task.val_loader, device=device, amp=amp)
+        metrics = {**metrics, "epoch": float(epoch)}
+        if tracker is not None:  # MLflow gets evaluations only when they happen
+            tracker.log_metrics(config["run_id"], {**metrics, **fresh_eval}, step=epoch)
+            summary = " ".join(f"{key}={value:.4g}" for key, value in sorted({**metrics, **fresh_eval}.items()))
             print(f"lesa-orch: epoch {epoch} {summary}", flush=True)
         with tempfile.TemporaryDirectory() as directory:
             report_checkpoint = None
@@ -178,4 +179,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                 scheduler=scheduler, scaler=None, epoch=epoch + 1,
                                 extra={**task.extra, "num_classes": task.num_classes, "eval_metrics": last_eval})
                 report_checkpoint = ray.train.Checkpoint.from_directory(directory)
-            ray.train.report(metrics, checkpoint=report_checkpoint)
+            # Ray Train scores checkpoints by the primary metric, so every report carries the latest evaluation
+            ray.train.report({**metrics, **last_eval}, checkpoint=report_checkpoint)
