@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -29,8 +30,21 @@ class ClusterResources:
         return len(self.nodes)
 
 
-def read_cluster_resources(settings: Settings) -> ClusterResources:
-    """From ``/api/cluster_status`` of the Ray dashboard (authenticated)."""
+def read_cluster_resources(settings: Settings, *, wait_s: float = 30.0) -> ClusterResources:
+    """From ``/api/cluster_status`` of the Ray dashboard (authenticated).
+
+    A head that has just started reports no nodes until its first autoscaler report; that is waited out for
+    ``wait_s`` seconds rather than read as an empty cluster.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        resources = _read_once(settings)
+        if resources.nodes or time.monotonic() > deadline:
+            return resources
+        time.sleep(1)
+
+
+def _read_once(settings: Settings) -> ClusterResources:
     request = urllib.request.Request(
         f"{settings.ray_address.rstrip('/')}/api/cluster_status", headers=ray_auth_headers(settings)
     )

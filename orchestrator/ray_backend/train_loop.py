@@ -99,30 +99,41 @@ def _set_epoch(loader: Any, epoch: int) -> None:
             holder.set_epoch(epoch)
 
 
-def complete_checkpoint(checkpoint: ray.train.Checkpoint) -> ray.train.Checkpoint | None:
-    """The checkpoint Ray Train restored if its file is there, else the newest complete one beside it.
+def _has_checkpoint_file(filesystem: pyarrow.fs.FileSystem, folder: str) -> bool:
+    return filesystem.get_file_info(f"{folder}/{CHECKPOINT_FILE}").type == pyarrow.fs.FileType.File
 
-    A driver killed while a checkpoint was being persisted leaves that checkpoint's folder without its file;
-    restoring from it would fail on every restart.
-    """
-    filesystem = checkpoint.filesystem
 
-    def has_file(path: str) -> bool:
-        return filesystem.get_file_info(f"{path}/{CHECKPOINT_FILE}").type == pyarrow.fs.FileType.File
-
-    if has_file(checkpoint.path):
-        return checkpoint
-    parent = checkpoint.path.rstrip("/").rsplit("/", 1)[0]
-    siblings = filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
+def newest_complete_checkpoint(filesystem: pyarrow.fs.FileSystem, run_dir: str) -> ray.train.Checkpoint | None:
+    """The newest ``checkpoint_*`` folder of a run that holds its checkpoint file, or None."""
+    entries = filesystem.get_file_info(pyarrow.fs.FileSelector(run_dir, allow_not_found=True))
     # folder names are checkpoint_<timestamp>, so name order is time order
-    folders = sorted((i.path for i in siblings if i.type == pyarrow.fs.FileType.Directory
-                      and i.base_name.startswith("checkpoint_")), reverse=True)
-    for path in folders:
-        if has_file(path):
-            print(f"lesa-orch: checkpoint {checkpoint.path} is incomplete; using {path}", flush=True)
-            return ray.train.Checkpoint(path, filesystem=filesystem)
-    print(f"lesa-orch: checkpoint {checkpoint.path} is incomplete and no other exists; starting over", flush=True)
-    return None
+    folders = sorted((e.path for e in entries if e.type == pyarrow.fs.FileType.Directory
+                      and e.base_name.startswith("checkpoint_")), reverse=True)
+    folder = next((f for f in folders if _has_checkpoint_file(filesystem, f)), None)
+    return ray.train.Checkpoint(folder, filesystem=filesystem) if folder else None
+
+
+def restore_point(
+    reported: ray.train.Checkpoint | None, storage_path: str, run_name: str
+) -> ray.train.Checkpoint | None:
+    """Where a (re)started worker group continues from.
+
+    Ray Train's checkpoint if its file arrived. Otherwise the newest complete checkpoint in the run's storage:
+    a driver killed while a checkpoint was being persisted leaves that folder without its file, and a worker
+    killed before the controller polled its last reports leaves Ray with no checkpoint at all although the
+    worker had written them.
+    """
+    if reported is not None and _has_checkpoint_file(reported.filesystem, reported.path):
+        return reported
+    if reported is not None:
+        filesystem, run_dir = reported.filesystem, reported.path.rstrip("/").rsplit("/", 1)[0]
+    else:
+        filesystem, root = pyarrow.fs.FileSystem.from_uri(storage_path)
+        run_dir = f"{root.rstrip('/')}/{run_name}"
+    found = newest_complete_checkpoint(filesystem, run_dir)
+    if found is not None and reported is not None:
+        print(f"lesa-orch: checkpoint {reported.path} is incomplete; using {found.path}", flush=True)
+    return found
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -140,8 +151,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         warmup_epochs=spec.schedule.warmup_epochs, milestones=spec.schedule.milestones, gamma=spec.schedule.gamma,
     )
     start_epoch, last_eval = 0, {}
-    checkpoint = ray.train.get_checkpoint()
-    checkpoint = complete_checkpoint(checkpoint) if checkpoint is not None else None
+    checkpoint = restore_point(ray.train.get_checkpoint(), spec.storage.path, config["job_id"])
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(Path(directory) / CHECKPOINT_FILE, model=unwrap_model(model),

@@ -58,6 +58,14 @@ class Deployment:
     def mlflow(self) -> MlflowClient:
         return MlflowClient(self.mlflow_uri, registry_uri=self.mlflow_uri)
 
+    def registered_checkpoints(self, job_id: str) -> int:
+        """Checkpoints Ray Train's controller has registered (it polls workers, so this lags their reports)."""
+        snapshot = self.home / "ray_results" / job_id / "checkpoint_manager_snapshot.json"
+        try:
+            return len(json.loads(snapshot.read_text())["checkpoint_results"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
     def epochs_logged(self, run_id: str) -> list[int]:
         return sorted(int(m.step) for m in self.mlflow().get_metric_history(run_id, "epoch"))
 

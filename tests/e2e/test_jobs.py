@@ -103,6 +103,11 @@ def _submit_detached(deployment, *overrides: str) -> str:
     return _submitted_id(done.stdout)
 
 
+def _wait_for_checkpoints(deployment, job_id: str, count: int) -> dict:
+    return deployment.wait_for(job_id, lambda j: deployment.registered_checkpoints(job_id) >= count,
+                               what=f"{count} checkpoints registered")
+
+
 def _wait_for_epochs(deployment, job_id: str, count: int) -> dict:
     return deployment.wait_for(
         job_id, lambda j: j.get("mlflow_run_id") and len(deployment.epochs_logged(j["mlflow_run_id"])) >= count,
@@ -124,7 +129,7 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(deployment):
     # long enough (30 short epochs) that the kill lands mid-training
     job_id = _submit_detached(deployment, *tiny_imagenet(deployment, epochs=30, per_class=16),
                               "fault_tolerance.max_failures=2")
-    job = _wait_for_epochs(deployment, job_id, 2)
+    job = _wait_for_checkpoints(deployment, job_id, 2)
     os.kill(find_process("RayTrainWorker", env_marker=job_id), signal.SIGKILL)  # this job's worker, not a lingering one
     job = deployment.wait_for(job_id, lambda j: j["state"] in ("SUCCEEDED", "FAILED"), what="the end")
     logs = deployment.cli("logs", job_id, check=True).stdout
@@ -138,7 +143,7 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(deployment):
 
 def test_resume_after_the_driver_died_continues_from_the_last_checkpoint(deployment):
     job_id = _submit_detached(deployment, *tiny_imagenet(deployment, epochs=30, per_class=16))
-    _wait_for_epochs(deployment, job_id, 2)
+    _wait_for_checkpoints(deployment, job_id, 2)
     os.kill(find_process("orchestrator.ray_backend.entry", env_marker=job_id), signal.SIGKILL)
     job = deployment.wait_for(job_id, lambda j: j["state"] == "FAILED", what="FAILED after the driver died")
     assert deployment.mlflow().get_run(job["mlflow_run_id"]).info.status == "FAILED"
