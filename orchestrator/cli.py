@@ -316,3 +316,20 @@ def doctor(address: AddressFlag = None, as_json: JsonFlag = False) -> None:
             console.print(f"{mark} {check.name}: {check.detail}")
     if not all(check.ok for check in checks):
         raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    target: Annotated[str, typer.Argument(help="Job id, or MLflow experiment name (e.g. lesa/coco/detection).")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="HTML file to write (default: <LESA_ORCH_HOME>/reports/<target>.html).")] = None,
+) -> None:
+    """Write a self-contained HTML report of a job's run or an experiment's runs and log it to MLflow."""
+    logged: list[str] = []
+    with _user_errors():
+        ctx = _context()
+        with console.status(f"gathering {target}") as status:
+            path = service.run_report(ctx, target, out, on_progress=status.update, on_logged=logged.append)
+    console.print(f"report: {path}", soft_wrap=True, markup=False, highlight=False)
+    for uri in logged:
+        console.print(f"MLflow artifact: {uri}", soft_wrap=True, markup=False, highlight=False)

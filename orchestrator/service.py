@@ -392,3 +392,63 @@ def doctor(ctx: Context) -> list[Check]:
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     checks.append(Check("local GPUs", True, f"{gpus} visible" if gpus else "none (CPU training only)"))
     return checks
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+def _report_scope(ctx: Context, tracker: Tracker, target: str) -> tuple[str, str, str]:
+    """(experiment name, job id, run id) of a report target: a job id, else an MLflow experiment name."""
+    from .store import UnknownJobError
+
+    try:
+        record = _sync_tracking(ctx, ctx.store.get(target))
+    except UnknownJobError as unknown:
+        if tracker.client.get_experiment_by_name(target) is None:
+            hint = " or ".join(repr(s) for s in unknown.suggestions)
+            hint = f"; did you mean job {hint}?" if hint else ""
+            raise OrchestratorError(f"{target!r} is neither a job id nor an MLflow experiment{hint}") from None
+        return target, "", ""
+    if not record.mlflow_run_id:
+        raise OrchestratorError(f"job '{target}' has no MLflow run yet ({record.state})")
+    run = tracker.client.get_run(record.mlflow_run_id)
+    return tracker.client.get_experiment(run.info.experiment_id).name, record.id, record.mlflow_run_id
+
+
+def run_report(
+    ctx: Context,
+    target: str,
+    out_path: str | Path | None = None,
+    *,
+    on_progress: Callable[[str], None] | None = None,
+    on_logged: Callable[[str], None] | None = None,
+) -> Path:
+    """Writes the HTML report of job ``target`` (its run) or MLflow experiment ``target`` (all its runs).
+
+    The file goes to ``out_path`` (default ``<home>/reports/<target slug>.html``) and is logged to MLflow:
+    to the job's run, or to the experiment's best run, under ``reports/``; ``on_logged`` gets its artifact URI.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from . import report as reports  # matplotlib and torch load only for this verb
+
+    progress = on_progress or (lambda message: None)
+    settings = ctx.settings
+    if settings.mlflow_uri.startswith(("http://", "https://")) and not local_services.mlflow_is_up(settings):
+        hint = " (run `lesa-orch up`)" if settings.embedded_mlflow else ""
+        raise OrchestratorError(f"MLflow at {settings.mlflow_uri} is unreachable{hint}")
+    tracker = ctx.tracker()
+    try:
+        experiment, job_id, run_id = _report_scope(ctx, tracker, target)
+        data = reports.collect(tracker.client, settings.mlflow_uri, experiment, target=target, run_id=run_id,
+                               job_id=job_id, progress=progress)
+        if not data.runs:
+            raise OrchestratorError(f"MLflow experiment {target!r} has no runs")
+        path = Path(out_path) if out_path else settings.home / "reports" / f"{reports.slug(target)}.html"
+        progress(f"writing {path}")
+        artifact = reports.publish(tracker.client, data, path)
+    except MlflowException as error:
+        raise OrchestratorError(f"MLflow at {settings.mlflow_uri}: {error.message}".splitlines()[0]) from None
+    if artifact and on_logged is not None:
+        on_logged(artifact)
+    return path
