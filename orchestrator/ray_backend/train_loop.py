@@ -1,7 +1,8 @@
 """What every Ray Train worker runs: a job spec turned into lesa_core data, model and engine calls.
 
 Under DDP (gloo on CPU, NCCL on GPU, set up by Ray Train) each worker trains on its shard; rank 0 logs
-the epoch's metrics to MLflow and saves the checkpoint that ``ray.train.report`` hands to Ray Train.
+the epoch's metrics to MLflow and saves the checkpoint that ``ray.train.report`` hands to Ray Train. Every
+worker also exports live step metrics through Ray's metrics agent (``metrics.TrainingMetrics``).
 A restarted worker group, or a resubmitted job with the same run name, continues from
 ``ray.train.get_checkpoint()``. No model math here: only wiring.
 """
@@ -9,6 +10,7 @@ A restarted worker group, or a resubmitted job with the same run name, continues
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from lesa_core.engine.schedule import build_lr_scheduler
 
 from ..spec import JobSpec, parse_spec
 from ..tracking import Tracker
+from .metrics import TrainingMetrics
 
 CHECKPOINT_FILE = "checkpoint.pth"
 
@@ -151,7 +154,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         warmup_epochs=spec.schedule.warmup_epochs, milestones=spec.schedule.milestones, gamma=spec.schedule.gamma,
     )
     start_epoch, last_eval = 0, {}
-    checkpoint = restore_point(ray.train.get_checkpoint(), spec.storage.path, config["job_id"])
+    run_name = config.get("run_name", config["job_id"])  # a search names each trial's run
+    checkpoint = restore_point(ray.train.get_checkpoint(), spec.storage.path, run_name)
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(Path(directory) / CHECKPOINT_FILE, model=unwrap_model(model),
@@ -164,15 +168,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0:
         print(f"lesa-orch: training on {context.get_world_size()} worker(s), device {device}", flush=True)
     amp = spec.schedule.amp and device.type == "cuda"
+    live_metrics = TrainingMetrics(config["job_id"], config.get("trial_id", ""), rank, device)
 
+    first_step_at = time.time()  # when training starts: a search's per-trial start-up cost ends here
     for epoch in range(start_epoch, spec.schedule.epochs):
         _set_epoch(task.train_loader, epoch)
+        loader = live_metrics.wrap(task.train_loader, epoch)
         if spec.task == "detection":
-            metrics = detection.train_one_epoch(model, task.train_loader, optimizer, scheduler, device=device,
-                                                amp=amp, epoch=epoch, grad_clip=spec.schedule.grad_clip)
+            metrics = detection.train_one_epoch(model, loader, optimizer, scheduler, device=device, amp=amp,
+                                                epoch=epoch, grad_clip=spec.schedule.grad_clip,
+                                                on_step=live_metrics.on_step)
         else:
-            metrics = classification.train_one_epoch(model, task.train_loader, optimizer, scheduler, device=device,
-                                                     amp=amp, epoch=epoch, criterion=nn.CrossEntropyLoss())
+            metrics = classification.train_one_epoch(model, loader, optimizer, scheduler, device=device, amp=amp,
+                                                     epoch=epoch, criterion=nn.CrossEntropyLoss(),
+                                                     on_step=live_metrics.on_step)
         fresh_eval: dict[str, float] = {}
         if (epoch + 1) % spec.eval.every_epochs == 0 or epoch + 1 == spec.schedule.epochs:
             engine = detection if spec.task == "detection" else classification
@@ -190,4 +199,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                 extra={**task.extra, "num_classes": task.num_classes, "eval_metrics": last_eval})
                 report_checkpoint = ray.train.Checkpoint.from_directory(directory)
             # Ray Train scores checkpoints by the primary metric, so every report carries the latest evaluation
-            ray.train.report({**metrics, **last_eval}, checkpoint=report_checkpoint)
+            progress = {"epochs_completed": epoch + 1, "first_step_at": first_step_at}
+            ray.train.report({**metrics, **last_eval, **progress}, checkpoint=report_checkpoint)
