@@ -270,11 +270,18 @@ def resume(
 
 @app.command()
 def compare(
-    experiment: Annotated[str, typer.Option(help="MLflow experiment, e.g. lesa/coco/detection.")],
+    job_id: Annotated[str | None, typer.Argument(help="A search job: show its trials.", show_default=False)] = None,
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment, e.g. lesa/coco/detection.")] = None,
     metric: Annotated[str | None, typer.Option(help="Sort by this metric, best first.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Compare the runs of an MLflow experiment in a table."""
+    """Compare the runs of an MLflow experiment, or the trials of a search job, in a table."""
+    if job_id is None and experiment is None:
+        errors.print("error: give a search job id or --experiment NAME", style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(2)
+    if job_id is not None:
+        _compare_trials(job_id, as_json)
+        return
     runs = _fetch(lambda ctx: service.compare(ctx, experiment, metric), None)
     if as_json:
         _print_json([run.__dict__ for run in runs])
@@ -288,6 +295,22 @@ def compare(
         values = [f"{run.metrics[c]:.4f}" if c in run.metrics else "" for c in columns]
         table.add_row(run.job_id or run.run_id, run.status, run.params.get("model.arch", ""),
                       run.params.get("model.lesa.fusion", ""), *values)
+    console.print(table)
+
+
+def _compare_trials(job_id: str, as_json: bool) -> None:
+    paths, trials = _fetch(lambda ctx: service.compare_trials(ctx, job_id), None)
+    if as_json:
+        _print_json([trial.__dict__ for trial in trials])
+        return
+    reported = sorted({key for trial in trials for key in trial.metrics if key.startswith(("coco/", "val/"))})[:4]
+    table = Table(title=f"trials of {job_id}")
+    for column in ("trial", "end", *paths, *reported, "epochs"):
+        table.add_column(column)
+    for trial in trials:
+        values = [f"{trial.metrics[c]:.4f}" if c in trial.metrics else "" for c in reported]
+        epochs = f"{trial.metrics['epoch'] + 1:g}" if "epoch" in trial.metrics else ""
+        table.add_row(trial.trial_id, trial.outcome, *(trial.params[p] for p in paths), *values, epochs)
     console.print(table)
 
 

@@ -22,7 +22,7 @@ from .ray_backend.cluster import check_fits, read_cluster_resources
 from .settings import Settings
 from .spec import JobSpec, SpecError, load_spec, parse_spec
 from .store import JobRecord, JobState, JobStore, make_engine, upgrade
-from .tracking import Tracker, TrackingError
+from .tracking import TRIAL_END_TAG, TRIAL_ID_TAG, Tracker, TrackingError
 
 POLL_INTERVAL_S = 2.0
 
@@ -161,8 +161,8 @@ def _resolve_spec(spec: JobSpec, settings: Settings) -> JobSpec:
 
 
 def _driver_env(settings: Settings) -> dict[str, str]:
-    env = {"MLFLOW_TRACKING_URI": settings.mlflow_uri, "LESA_GIT_COMMIT": _git_commit(),
-           "LESA_ORCH_HOME": str(settings.home)}
+    env = {"MLFLOW_TRACKING_URI": settings.mlflow_uri, "LESA_ORCH_OPTUNA_URL": settings.optuna_url,
+           "LESA_GIT_COMMIT": _git_commit(), "LESA_ORCH_HOME": str(settings.home)}
     if settings.embedded_ray:
         env.update(local_services.ray_auth_env(settings))
     return env
@@ -241,8 +241,10 @@ def _finish(ctx: Context, record: JobRecord, info: ray_jobs.RayJobInfo) -> JobRe
                 if "lesa.registered_version" in tags:
                     fields = {"registered_model": tags["lesa.registered_model"],
                               "registered_version": tags["lesa.registered_version"]}
-            else:  # a driver that died cannot close its own run
-                tracker.end_run(record.mlflow_run_id, "KILLED" if info.state == "CANCELLED" else "FAILED")
+            else:  # a driver that died cannot close its own run, nor a search's trial runs
+                status = "KILLED" if info.state == "CANCELLED" else "FAILED"
+                tracker.end_open_trial_runs(record.mlflow_run_id, status)
+                tracker.end_run(record.mlflow_run_id, status)
         except Exception:  # tracking is best effort while reconciling
             pass
     error = None if info.state == "SUCCEEDED" else (info.message or f"Ray job {info.state.lower()}")
@@ -345,6 +347,46 @@ def compare(ctx: Context, experiment: str, metric: str | None = None):
         return ctx.tracker().run_summaries(experiment, metric=metric)
     except TrackingError as error:
         raise OrchestratorError(str(error)) from None
+
+
+@dataclass(frozen=True)
+class TrialSummary:
+    """One trial of a search as ``compare ID`` shows it: sampled values, how it ended, its last metrics."""
+
+    trial_id: str
+    run_id: str
+    status: str
+    outcome: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+
+
+def compare_trials(ctx: Context, job_id: str) -> tuple[list[str], list[TrialSummary]]:
+    """The searched paths and the trials of search job ``job_id``, best first by its first objective."""
+    record = _sync_tracking(ctx, refresh(ctx, job_id))
+    spec = parse_spec(record.spec, source=f"job {job_id}")
+    if spec.hpo is None:
+        raise OrchestratorError(f"job '{job_id}' is not a search (its spec has no hpo block); "
+                                f"use `compare --experiment {spec.experiment_name}`")
+    if not record.mlflow_run_id:
+        raise OrchestratorError(f"job '{job_id}' has no MLflow run yet")
+    tracker = ctx.tracker()
+    try:
+        parent = tracker.client.get_run(record.mlflow_run_id)
+        children = tracker.trial_runs(parent.info.experiment_id, record.mlflow_run_id)
+    except Exception as error:
+        raise OrchestratorError(f"MLflow at {ctx.settings.mlflow_uri}: {error}".splitlines()[0]) from None
+    paths = list(spec.hpo.space)
+    trials = [
+        TrialSummary(run.data.tags.get(TRIAL_ID_TAG, ""), run.info.run_id, run.info.status,
+                     run.data.tags.get(TRIAL_END_TAG, "running" if run.info.status == "RUNNING" else ""),
+                     {path: run.data.params.get(path, "") for path in paths}, dict(run.data.metrics))
+        for run in children
+    ]
+    objective = spec.objectives[0]
+    sign = -1.0 if objective.mode == "max" else 1.0
+    trials.sort(key=lambda t: (objective.metric not in t.metrics, sign * t.metrics.get(objective.metric, 0.0)))
+    return paths, trials
 
 
 def promote(ctx: Context, model: str, version: str) -> None:

@@ -20,14 +20,15 @@ class Settings:
     """Resolved locations. ``embedded_ray`` / ``embedded_mlflow`` say whether lesa-orch runs them itself.
 
     Environment: ``LESA_ORCH_HOME``, ``LESA_ORCH_DB_URL``, ``RAY_ADDRESS`` (a Ray Jobs / dashboard URL),
-    ``MLFLOW_TRACKING_URI``, ``LESA_ORCH_RAY_PORT``, ``LESA_ORCH_MLFLOW_PORT`` (and ``LESA_ORCH_RAY_GCS_PORT``
-    for the embedded head's GCS).
+    ``MLFLOW_TRACKING_URI``, ``LESA_ORCH_OPTUNA_URL`` (Optuna study storage), ``LESA_ORCH_RAY_PORT``,
+    ``LESA_ORCH_MLFLOW_PORT`` (and ``LESA_ORCH_RAY_GCS_PORT`` for the embedded head's GCS).
     """
 
     home: Path
     database_url: str
     ray_address: str
     mlflow_uri: str
+    optuna_url: str
     embedded_ray: bool
     embedded_mlflow: bool
 
@@ -44,6 +45,7 @@ class Settings:
             database_url=env.get("LESA_ORCH_DB_URL", f"sqlite:///{home / 'jobs.db'}"),
             ray_address=address or f"http://127.0.0.1:{ray_port}",
             mlflow_uri=mlflow_uri or f"http://127.0.0.1:{mlflow_port}",
+            optuna_url=env.get("LESA_ORCH_OPTUNA_URL", f"sqlite:///{home / 'optuna.db'}"),
             embedded_ray=address is None,
             embedded_mlflow=mlflow_uri is None,
         )

@@ -8,9 +8,12 @@ file and the field path (with the closest valid key for a typo).
 
 from __future__ import annotations
 
+import copy
 import difflib
+import json
 import os
 import re
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -23,8 +26,14 @@ COCO_METRICS = tuple(
     f"coco/{kind}_mAP{suffix}" for kind in ("bbox", "segm") for suffix in ("", "_50", "_75", "_s", "_m", "_l")
 )
 TASK_METRICS = {"classification": CLASSIFICATION_METRICS, "detection": (*COCO_METRICS, "train/loss")}
+# what every epoch's report carries, so what a search may optimise
+OBJECTIVE_METRICS = {task: (*metrics, "train/images_per_sec") for task, metrics in TASK_METRICS.items()}
+# fields a search may not vary: they name the job or decide where and how it runs
+_UNSEARCHABLE = ("name", "task", "hpo", "storage", "tracking", "resources", "fault_tolerance", "data.root",
+                 "data.format", "data.generate")
 _SECRET_KEY = re.compile(r"pass(word)?|secret|token|credential|api_?key|access_?key", re.IGNORECASE)
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+):[^@/\s]+@")
 
 
 class SpecError(ValueError):
@@ -169,6 +178,117 @@ class TrackingSection(_Section):
     tags: dict[str, str] = {}
 
 
+class SearchDimension(_Section):
+    """One searched field: ``choice`` of ``values``, or a ``uniform`` / ``loguniform`` / ``int`` / ``quantized``
+    range from ``low`` to ``high`` (inclusive; ``q`` is the step of ``quantized`` and, optionally, of ``int``)."""
+
+    type: Literal["choice", "uniform", "loguniform", "int", "quantized"]
+    values: list[str | int | float | bool | None] | None = None
+    low: float | None = None
+    high: float | None = None
+    q: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _well_formed(self) -> SearchDimension:
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("a choice needs a non-empty list of values")
+            if self.low is not None or self.high is not None or self.q is not None:
+                raise ValueError("a choice takes values, not low/high/q")
+            if len(set(map(repr, self.values))) != len(self.values):
+                raise ValueError(f"choice values {self.values} repeat")
+            return self
+        if self.values is not None:
+            raise ValueError(f"a {self.type} range takes low and high, not values")
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} range needs both low and high")
+        if self.low >= self.high:
+            raise ValueError(f"low={self.low:g} must be below high={self.high:g}")
+        if self.type == "loguniform" and self.low <= 0:
+            raise ValueError(f"a loguniform range needs low > 0, got {self.low:g}")
+        if self.type == "quantized" and self.q is None:
+            raise ValueError("a quantized range needs its step q")
+        if self.type == "int" and not (self.low.is_integer() and self.high.is_integer()
+                                       and (self.q is None or self.q.is_integer())):
+            raise ValueError("an int range needs whole numbers for low, high and q")
+        if self.type == "uniform" and self.q is not None:
+            raise ValueError("q belongs to quantized or int ranges; use type: quantized")
+        if self.q is not None and self.q > self.high - self.low:
+            raise ValueError(f"step q={self.q:g} is wider than the range {self.low:g}..{self.high:g}")
+        return self
+
+    def endpoints(self) -> list[Any]:
+        """The values that bound what can be sampled: every choice, or both ends of a range."""
+        if self.type == "choice":
+            return list(self.values or [])
+        if self.type == "int":
+            return [int(self.low), int(self.high)]
+        return [self.low, self.high]
+
+    def grid_points(self) -> list[Any] | None:
+        """Every value, for a grid search; None for a continuous range."""
+        if self.type == "choice":
+            return list(self.values or [])
+        if self.type == "int":
+            return list(range(int(self.low), int(self.high) + 1, int(self.q or 1)))
+        return None
+
+
+class Objective(_Section):
+    metric: str
+    mode: Literal["max", "min"] = "max"
+
+
+class SamplerOptions(_Section):
+    type: Literal["tpe", "cmaes", "random", "grid"] = "tpe"
+    seed: int = 0
+
+
+class SchedulerOptions(_Section):
+    """ASHA early stopping, counted in epochs (``fifo`` runs every trial to the end)."""
+
+    type: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1, description="epochs every trial runs before it can be stopped")
+    reduction_factor: float = Field(2.0, gt=1)
+    max_epochs: int | None = Field(None, ge=1, description="default schedule.epochs")
+
+
+class HpoSection(_Section):
+    """A search over spec fields by dotted path, with Ray Tune + Optuna."""
+
+    space: dict[str, SearchDimension]
+    objectives: list[Objective] = Field(
+        default_factory=list, max_length=2,
+        description="one or two; default the primary eval metric. With two, the study keeps a Pareto front and "
+        "ASHA stops on the first",
+    )
+    sampler: SamplerOptions = SamplerOptions()
+    scheduler: SchedulerOptions = SchedulerOptions()
+    num_samples: int = Field(10, ge=1)
+    max_concurrent_trials: int | None = Field(None, ge=1, description="default: what the cluster fits")
+    storage: str | None = Field(None, description="Optuna storage URL; default LESA_ORCH_OPTUNA_URL or "
+                                "sqlite:///<home>/optuna.db")
+
+    @model_validator(mode="after")
+    def _sampler_fits_space(self) -> HpoSection:
+        if not self.space:
+            raise ValueError("space is empty: name at least one field to search, e.g. model.lesa.fusion")
+        if self.sampler.type == "grid":
+            continuous = [path for path, dim in self.space.items() if dim.grid_points() is None]
+            if continuous:
+                raise ValueError(f"sampler 'grid' needs choice or int dimensions; {', '.join(continuous)} "
+                                 "are continuous")
+        if self.sampler.type == "cmaes" and len(self.objectives) > 1:
+            raise ValueError("sampler 'cmaes' optimises one objective; use 'tpe' or 'random' for two")
+        return self
+
+    def grid_size(self) -> int:
+        size = 1
+        for dimension in self.space.values():
+            size *= len(dimension.grid_points() or [])
+        return size
+
+
 class JobSpec(_Section):
     """A LESA training job."""
 
@@ -182,6 +302,7 @@ class JobSpec(_Section):
     fault_tolerance: FaultToleranceSection = FaultToleranceSection()
     storage: StorageSection = StorageSection()
     tracking: TrackingSection = TrackingSection()
+    hpo: HpoSection | None = None
 
     @model_validator(mode="after")
     def _consistent_with_task(self) -> JobSpec:
@@ -197,7 +318,16 @@ class JobSpec(_Section):
                 f"eval.metric={self.eval.metric!r} is never reported by a {self.task} job; "
                 f"choose one of {', '.join(TASK_METRICS[self.task])}"
             )
+        if self.hpo is not None:
+            _check_search(self)
         return self
+
+    @property
+    def objectives(self) -> list[Objective]:
+        """What a search optimises: ``hpo.objectives``, or the primary metric."""
+        if self.hpo is not None and self.hpo.objectives:
+            return list(self.hpo.objectives)
+        return [Objective(metric=self.primary_metric, mode=self.eval.mode)]
 
     @property
     def primary_metric(self) -> str:
@@ -225,6 +355,49 @@ class JobSpec(_Section):
         return self.schedule.lr * self.global_batch_size / self.schedule.lr_reference_batch
 
 
+def _check_search(spec: JobSpec) -> None:
+    """Every searched path exists and may be searched, every value a trial can get is valid, the objectives are
+    reported and the scheduler fits the schedule. Messages start with the ``hpo`` field at fault."""
+    hpo = spec.hpo
+    assert hpo is not None
+    for objective in hpo.objectives:
+        if objective.metric not in OBJECTIVE_METRICS[spec.task]:
+            raise ValueError(f"hpo.objectives: {objective.metric!r} is never reported by a {spec.task} job; "
+                             f"choose one of {', '.join(OBJECTIVE_METRICS[spec.task])}")
+    if len({objective.metric for objective in hpo.objectives}) != len(hpo.objectives):
+        raise ValueError("hpo.objectives: the two objectives are the same metric")
+    if spec.eval.every_epochs != 1:
+        raise ValueError(f"eval.every_epochs={spec.eval.every_epochs}: a search compares trials every epoch, so it "
+                         "must be 1")
+    max_epochs = hpo.scheduler.max_epochs or spec.schedule.epochs
+    if max_epochs > spec.schedule.epochs:
+        raise ValueError(f"hpo.scheduler.max_epochs={max_epochs} exceeds schedule.epochs={spec.schedule.epochs}")
+    if hpo.scheduler.type == "asha" and hpo.scheduler.grace_period > max_epochs:
+        raise ValueError(f"hpo.scheduler.grace_period={hpo.scheduler.grace_period} exceeds the {max_epochs} "
+                         "epochs a trial runs, so nothing could be stopped early")
+    if hpo.sampler.type == "grid" and hpo.num_samples > hpo.grid_size():
+        raise ValueError(f"hpo.num_samples={hpo.num_samples} exceeds the {hpo.grid_size()} points of the grid")
+    base = spec.model_dump(mode="json")
+    base.pop("hpo")
+    for path, dimension in hpo.space.items():
+        where = f"hpo.space.{path}"
+        blocked = next((p for p in _UNSEARCHABLE if path == p or path.startswith(p + ".")), None)
+        if blocked:
+            raise ValueError(f"{where}: {blocked} cannot be searched (it decides where and how the job runs)")
+        for value in dimension.endpoints():
+            trial = copy.deepcopy(base)
+            try:
+                _apply_override(trial, f"{path}={json.dumps(value)}")
+            except SpecError as error:
+                raise ValueError(f"{where}: {str(error).split(': ', 1)[1]}") from None
+            try:
+                JobSpec.model_validate(trial)
+            except ValidationError as error:
+                problem = error.errors()[0]
+                raise ValueError(f"{where}: value {value!r} is invalid "
+                                 f"({problem['msg'].removeprefix('Value error, ')})") from None
+
+
 def _interpolate(value: Any, path: str, source: str) -> Any:
     """Replaces ``${VAR}`` / ``${VAR:-default}`` in every string of ``value``, recursively."""
     if isinstance(value, dict):
@@ -250,7 +423,17 @@ def _section_fields(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def _field_model(annotation: Any) -> type[BaseModel] | None:
-    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    """The section model behind a field's annotation (``Section`` or ``Section | None``), else None."""
+    candidates = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (
+        annotation,)
+    return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+
+
+def _mapping_values_model(annotation: Any) -> type[BaseModel] | None:
+    """``Section`` for a ``dict[str, Section]`` field (``hpo.space``), else None."""
+    if typing.get_origin(annotation) is not dict:
+        return None
+    return _field_model(typing.get_args(annotation)[1])
 
 
 def _closest(name: str, options: list[str]) -> str:
@@ -259,11 +442,22 @@ def _closest(name: str, options: list[str]) -> str:
 
 
 def apply_override(raw: dict[str, Any], override: str, source: str = "job spec") -> None:
-    """Sets ``a.b=c`` in the raw spec dict; the path must exist in the schema; ``c`` is parsed as YAML."""
+    """Sets ``a.b=c`` in the raw spec dict; the path must exist in the schema; ``c`` is parsed as YAML.
+
+    Keys of ``hpo.space`` are dotted paths themselves: ``hpo.space.schedule.lr.high=0.1`` sets ``high`` of the
+    ``schedule.lr`` dimension, ``hpo.space.schedule.lr={type: uniform, ...}`` the whole dimension.
+    """
     try:
         _apply_override(raw, override)
     except SpecError as error:
         raise SpecError(f"{source}: {error}") from None
+
+
+def _parse_value(override: str, text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SpecError(f"--set {override}: the value is not valid YAML ({error.problem})") from None
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> None:
@@ -284,19 +478,34 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
                 where = ".".join(parts[:depth]) or "the job spec"
                 raise SpecError(f"--set {override}: no field '{part}' in {where}{_closest(part, list(fields))}")
             annotation = fields[part].annotation
+            values_model = _mapping_values_model(annotation)
+            if values_model is not None and not last:
+                _set_mapping_entry(node.setdefault(part, {}), parts[depth + 1:], values_model, override, text)
+                return
             model = _field_model(annotation)
             if model is None and not last and typing.get_origin(annotation) is not dict:
                 raise SpecError(f"--set {override}: {'.'.join(parts[:depth + 1])} is a value, not a section")
         if last:
-            try:
-                node[part] = yaml.safe_load(text)
-            except yaml.YAMLError as error:
-                raise SpecError(f"--set {override}: the value is not valid YAML ({error.problem})") from None
+            node[part] = _parse_value(override, text)
             return
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             raise SpecError(f"--set {override}: {'.'.join(parts[:depth + 1])} is not a section in the file")
         node = child
+
+
+def _set_mapping_entry(
+    mapping: dict[str, Any], rest: list[str], values_model: type[BaseModel], override: str, text: str
+) -> None:
+    """Sets a whole entry of a ``dict[str, Section]`` (key = ``rest``), or one field of it (the last part)."""
+    if len(rest) > 1 and rest[-1] in _section_fields(values_model):
+        key = ".".join(rest[:-1])
+        entry = mapping.setdefault(key, {})
+        if not isinstance(entry, dict):
+            raise SpecError(f"--set {override}: {key} is not a section in the file")
+        entry[rest[-1]] = _parse_value(override, text)
+    else:
+        mapping[".".join(rest)] = _parse_value(override, text)
 
 
 def _format_validation_error(error: ValidationError, source: str) -> str:
@@ -312,7 +521,8 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
         return f"{source}: {location}: unknown key{_closest(str(first['loc'][-1]), options)}"
     message = first["msg"].removeprefix("Value error, ")
     more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{source}: {location or 'spec'}: {message}{more}"
+    # a whole-spec check names its own fields
+    return f"{source}: {location + ': ' if location else ''}{message}{more}"
 
 
 def parse_spec(raw: Any, *, source: str = "job spec", overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
@@ -343,8 +553,28 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     return parse_spec(raw, source=str(path), overrides=overrides)
 
 
+def redact_url(text: str) -> str:
+    """``scheme://user:***@host``: the password of any URL in ``text`` hidden."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
+def redacted_spec(spec: JobSpec) -> dict[str, Any]:
+    """The spec as JSON data with secret-looking keys and URL passwords hidden (what MLflow may show)."""
+
+    def walk(value: Any, key: str) -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v, str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, key) for v in value]
+        if value is not None and _SECRET_KEY.search(key):
+            return "***"
+        return redact_url(value) if isinstance(value, str) else value
+
+    return walk(spec.model_dump(mode="json"), "")
+
+
 def flatten_params(spec: JobSpec) -> dict[str, str]:
-    """The spec as dotted ``section.key`` -> string, with values of secret-looking keys redacted."""
+    """The spec as dotted ``section.key`` -> string; values of secret-looking keys and passwords in URLs redacted."""
     flat: dict[str, str] = {}
 
     def walk(value: Any, prefix: str) -> None:
@@ -354,7 +584,7 @@ def flatten_params(spec: JobSpec) -> dict[str, str]:
         elif _SECRET_KEY.search(prefix.rsplit(".", 1)[-1]):
             flat[prefix] = "***"
         else:
-            flat[prefix] = "" if value is None else str(value)
+            flat[prefix] = "" if value is None else redact_url(str(value))
 
     walk(spec.model_dump(mode="json"), "")
     return flat

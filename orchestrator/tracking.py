@@ -19,9 +19,13 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
-from .spec import JobSpec, flatten_params
+from .spec import JobSpec, flatten_params, redacted_spec
 
 JOB_ID_TAG = "lesa.job_id"
+PARENT_RUN_TAG = "mlflow.parentRunId"
+STUDY_TAG = "lesa.study_job_id"  # on a search's trial runs; the job id tag stays the parent's alone
+TRIAL_ID_TAG = "lesa.trial_id"
+TRIAL_END_TAG = "lesa.trial_end"  # completed | stopped_early | failed
 SUBMISSION_TAG = "lesa.ray_submission_id"
 CANDIDATE_ALIAS = "candidate"
 CHAMPION_ALIAS = "champion"
@@ -102,12 +106,54 @@ class Tracker:
             params = [Param(key, value[:6000]) for key, value in flatten_params(spec).items()]
             for start in range(0, len(params), _BATCH):
                 self._call("log params", self.client.log_batch, run_id, params=params[start:start + _BATCH])
-            self._call("log spec", self.client.log_dict, run_id, spec.model_dump(mode="json"), "spec.json")
+            self._call("log spec", self.client.log_dict, run_id, redacted_spec(spec), "spec.json")
         else:
             run_id = existing
             self._call("reopen run", self.client.update_run, run_id, status="RUNNING")
             self._call("tag run", self.client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         return run_id
+
+    def start_trial_run(self, spec: JobSpec, job_id: str, parent_run_id: str, trial_id: str) -> str:
+        """The child run of one search trial (reopened when a resumed search runs the trial on)."""
+        experiment_id = self.experiment_id(spec.experiment_name)
+        existing = self.trial_runs(experiment_id, parent_run_id, trial_id=trial_id)
+        if existing:
+            run_id = existing[0].info.run_id
+            self._call("reopen run", self.client.update_run, run_id, status="RUNNING")
+            return run_id
+        tags = {PARENT_RUN_TAG: parent_run_id, STUDY_TAG: job_id, TRIAL_ID_TAG: trial_id, "lesa.task": spec.task,
+                "lesa.arch": spec.model.arch, "mlflow.runName": f"{spec.name}/{trial_id}"}
+        run = self._call("create run", self.client.create_run, experiment_id, tags=tags,
+                         run_name=f"{spec.name}/{trial_id}")
+        params = [Param(key, value[:6000]) for key, value in flatten_params(spec).items()]
+        for start in range(0, len(params), _BATCH):
+            self._call("log params", self.client.log_batch, run.info.run_id, params=params[start:start + _BATCH])
+        return run.info.run_id
+
+    def trial_runs(self, experiment_id: str, parent_run_id: str, *, trial_id: str | None = None) -> list[Any]:
+        """The child runs of a search, oldest first (one trial's when ``trial_id`` is given)."""
+        query = f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'"
+        if trial_id is not None:
+            query += f" and tags.`{TRIAL_ID_TAG}` = '{trial_id}'"
+        return self._call("search runs", self.client.search_runs, [experiment_id], filter_string=query,
+                          order_by=["attributes.start_time ASC"], max_results=10_000)
+
+    def end_trial_run(self, run_id: str, outcome: str, metrics: dict[str, float] | None = None) -> None:
+        """Tags a trial's end (completed, stopped_early, failed) and closes its run."""
+        self.set_tags(run_id, {TRIAL_END_TAG: outcome})
+        if metrics:
+            self.log_metrics(run_id, metrics, step=0)
+        self.end_run(run_id, "FAILED" if outcome == "failed" else "FINISHED")
+
+    def end_open_trial_runs(self, parent_run_id: str, status: str) -> None:
+        """Closes the trial runs a search left RUNNING when its driver stopped or died."""
+        run = self._call("get run", self.client.get_run, parent_run_id)
+        for child in self.trial_runs(run.info.experiment_id, parent_run_id):
+            if child.info.status == "RUNNING":
+                self._call("end run", self.client.set_terminated, child.info.run_id, status=status)
+
+    def log_artifacts(self, run_id: str, directory: str, artifact_path: str | None = None) -> None:
+        self._call("log artifacts", self.client.log_artifacts, run_id, directory, artifact_path)
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)

@@ -12,11 +12,12 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from lesa_core.data.synthetic import write_coco_dataset, write_imagenet_dataset
@@ -46,21 +47,40 @@ def ensure_dataset(spec: JobSpec) -> None:
                                seed=synthetic.seed)
 
 
-def build_trainer(spec: JobSpec, job_id: str, *, tracking_uri: str, run_id: str) -> TorchTrainer:
-    """The job's TorchTrainer: workers and resources, failure handling, best-k checkpoints by the metric."""
+def build_trainer(
+    spec: JobSpec, job_id: str, *, tracking_uri: str, run_id: str, run_name: str | None = None,
+    trial_id: str = "", callbacks: Sequence[Any] = (),
+) -> TorchTrainer:
+    """The job's TorchTrainer: workers and resources, failure handling, best-k checkpoints by the metric.
+
+    ``run_name`` (default the job id) names the Ray Train run under ``storage.path``, so a resubmission restores
+    it; a search passes each trial's name, id and ``TuneReportCallback``.
+    """
     resources = worker_resources(spec)
     scaling = ScalingConfig(num_workers=spec.resources.num_workers, use_gpu=spec.resources.use_gpu,
                             resources_per_worker=resources)
+    run_name = run_name or job_id
     run = RunConfig(
-        name=job_id,
+        name=run_name,
         storage_path=spec.storage.path,
         failure_config=FailureConfig(max_failures=spec.fault_tolerance.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=spec.storage.keep_checkpoints,
                                            checkpoint_score_attribute=spec.primary_metric,
                                            checkpoint_score_order=spec.eval.mode),
+        callbacks=list(callbacks),
     )
-    config = {"spec": spec.model_dump(mode="json"), "job_id": job_id, "tracking_uri": tracking_uri, "run_id": run_id}
+    config = {"spec": spec.model_dump(mode="json"), "job_id": job_id, "tracking_uri": tracking_uri, "run_id": run_id,
+              "run_name": run_name, "trial_id": trial_id}
     return TorchTrainer(train_loop_per_worker, train_loop_config=config, scaling_config=scaling, run_config=run)
+
+
+def load_checkpoint_model(spec: JobSpec, checkpoint: Checkpoint) -> torch.nn.Module:
+    """The model saved in a lesa-orch checkpoint, in eval mode."""
+    with checkpoint.as_directory() as directory:
+        state = read_checkpoint_file(Path(directory) / CHECKPOINT_FILE)
+    model = build_model(spec, state["extra"]["num_classes"])
+    model.load_state_dict(state["model"])
+    return model.eval()
 
 
 def best_model(spec: JobSpec, result: Any) -> tuple[torch.nn.Module, dict[str, float]]:
@@ -69,11 +89,7 @@ def best_model(spec: JobSpec, result: Any) -> tuple[torch.nn.Module, dict[str, f
     if checkpoint is None:
         raise RuntimeError("training reported no checkpoint")
     best_metrics = next((m for c, m in result.best_checkpoints if c.path == checkpoint.path), result.metrics)
-    with checkpoint.as_directory() as directory:
-        state = read_checkpoint_file(Path(directory) / CHECKPOINT_FILE)
-    model = build_model(spec, state["extra"]["num_classes"])
-    model.load_state_dict(state["model"])
-    return model.eval(), dict(best_metrics)
+    return load_checkpoint_model(spec, checkpoint), dict(best_metrics)
 
 
 class StopSignal:
@@ -98,23 +114,36 @@ def run_job(
                                    git_commit=os.environ.get("LESA_GIT_COMMIT", ""))
     print(f"MLflow run {run_id} in experiment {spec.experiment_name}", flush=True)
     try:
-        result = build_trainer(spec, job_id, tracking_uri=tracker.tracking_uri, run_id=run_id).fit()
-        outcome: dict[str, Any] = {"job_id": job_id, "run_id": run_id, "final_metrics": dict(result.metrics or {})}
-        model, best_metrics = best_model(spec, result)
-        outcome["best_metrics"] = best_metrics
-        if spec.tracking.register_model:
-            version = tracker.register_model(run_id, model, spec.registered_model_name)
-            outcome.update(registered_model=spec.registered_model_name, registered_version=version)
-            tracker.set_tags(run_id, {"lesa.registered_model": spec.registered_model_name,
-                                      "lesa.registered_version": version})
+        if spec.hpo is not None:
+            from .tuning import run_study  # Tune and Optuna load only for a search
+
+            outcome = run_study(spec, job_id, tracker, run_id, stop)
+        else:
+            outcome = _train(spec, job_id, tracker, run_id)
         tracker.end_run(run_id, "FINISHED")
         return outcome
     except BaseException as error:
         stopped = isinstance(error, KeyboardInterrupt) or (stop is not None and stop.received)
         if not stopped:
             tracker.set_tags(run_id, {"lesa.error": f"{type(error).__name__}: {error}"[:4000]})
-        tracker.end_run(run_id, "KILLED" if stopped else "FAILED")
+        status = "KILLED" if stopped else "FAILED"
+        if spec.hpo is not None:
+            tracker.end_open_trial_runs(run_id, status)
+        tracker.end_run(run_id, status)
         raise
+
+
+def _train(spec: JobSpec, job_id: str, tracker: Tracker, run_id: str) -> dict[str, Any]:
+    result = build_trainer(spec, job_id, tracking_uri=tracker.tracking_uri, run_id=run_id).fit()
+    outcome: dict[str, Any] = {"job_id": job_id, "run_id": run_id, "final_metrics": dict(result.metrics or {})}
+    model, best_metrics = best_model(spec, result)
+    outcome["best_metrics"] = best_metrics
+    if spec.tracking.register_model:
+        version = tracker.register_model(run_id, model, spec.registered_model_name)
+        outcome.update(registered_model=spec.registered_model_name, registered_version=version)
+        tracker.set_tags(run_id, {"lesa.registered_model": spec.registered_model_name,
+                                  "lesa.registered_version": version})
+    return outcome
 
 
 def main() -> None:
