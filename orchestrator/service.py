@@ -152,7 +152,10 @@ def _git_commit() -> str:
 def _resolve_spec(spec: JobSpec, settings: Settings) -> JobSpec:
     """Fills what the spec leaves to the deployment (storage path) and makes local paths absolute."""
     raw = spec.model_dump(mode="json")
-    raw["storage"]["path"] = raw["storage"]["path"] or str(settings.storage_dir)
+    raw["storage"]["path"] = raw["storage"]["path"] or settings.default_storage
+    if not raw["storage"]["path"]:
+        raise SpecError(f"storage.path: unset, and the cluster at {settings.ray_address} cannot write to this "
+                        "machine; set storage.path (e.g. s3://lesa-checkpoints) or LESA_ORCH_STORAGE")
     for section, key in (("data", "root"), ("storage", "path"), ("model", "pretrained")):
         value = raw[section][key]
         if value and "://" not in value:
@@ -161,7 +164,7 @@ def _resolve_spec(spec: JobSpec, settings: Settings) -> JobSpec:
 
 
 def _driver_env(settings: Settings) -> dict[str, str]:
-    env = {"MLFLOW_TRACKING_URI": settings.mlflow_uri, "LESA_ORCH_OPTUNA_URL": settings.optuna_url,
+    env = {"MLFLOW_TRACKING_URI": settings.cluster_mlflow_uri, "LESA_ORCH_OPTUNA_URL": settings.optuna_url,
            "LESA_GIT_COMMIT": _git_commit(), "LESA_ORCH_HOME": str(settings.home)}
     if settings.embedded_ray:
         env.update(local_services.ray_auth_env(settings))
@@ -403,6 +406,24 @@ class Check:
     detail: str
 
 
+def _storage_check(storage: str | None) -> Check:
+    """A local default storage folder must be writable; a remote one (s3://) is the cluster's to reach."""
+    if storage is None:
+        return Check("storage", False, "no default for jobs on this cluster: set LESA_ORCH_STORAGE or each job's "
+                                       "storage.path (s3://...)")
+    if "://" in storage:
+        return Check("storage", True, f"{storage} (remote; checked by the cluster when a job writes)")
+    try:
+        folder = Path(storage)
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+        return Check("storage", True, storage)
+    except OSError as error:
+        return Check("storage", False, f"{storage}: {error.strerror}")
+
+
 def doctor(ctx: Context) -> list[Check]:
     """Checks the store, Ray, MLflow, storage and GPUs and says what is wrong."""
     settings = ctx.settings
@@ -420,15 +441,7 @@ def doctor(ctx: Context) -> list[Check]:
     mlflow_ok = local_services.mlflow_is_up(settings)
     mlflow_detail = settings.mlflow_uri if mlflow_ok else f"{settings.mlflow_uri} unreachable"
     checks.append(Check("mlflow", mlflow_ok, mlflow_detail))
-    storage = settings.storage_dir
-    try:
-        storage.mkdir(parents=True, exist_ok=True)
-        probe = storage / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-        checks.append(Check("storage", True, str(storage)))
-    except OSError as error:
-        checks.append(Check("storage", False, f"{storage}: {error.strerror}"))
+    checks.append(_storage_check(settings.default_storage))
     import torch  # see list_models
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0

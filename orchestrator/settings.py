@@ -21,7 +21,9 @@ class Settings:
 
     Environment: ``LESA_ORCH_HOME``, ``LESA_ORCH_DB_URL``, ``RAY_ADDRESS`` (a Ray Jobs / dashboard URL),
     ``MLFLOW_TRACKING_URI``, ``LESA_ORCH_OPTUNA_URL`` (Optuna study storage), ``LESA_ORCH_RAY_PORT``,
-    ``LESA_ORCH_MLFLOW_PORT`` (and ``LESA_ORCH_RAY_GCS_PORT`` for the embedded head's GCS).
+    ``LESA_ORCH_MLFLOW_PORT`` (and ``LESA_ORCH_RAY_GCS_PORT`` for the embedded head's GCS). For a cluster:
+    ``LESA_ORCH_STORAGE`` (default ``storage.path`` of its jobs, e.g. ``s3://lesa-checkpoints``) and
+    ``LESA_ORCH_CLUSTER_MLFLOW_URI`` (MLflow as the cluster's nodes reach it, when that differs from here).
     """
 
     home: Path
@@ -31,6 +33,8 @@ class Settings:
     optuna_url: str
     embedded_ray: bool
     embedded_mlflow: bool
+    default_storage: str | None
+    cluster_mlflow_uri: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, ray_address: str | None = None) -> Settings:
@@ -40,24 +44,24 @@ class Settings:
         mlflow_port = int(env.get("LESA_ORCH_MLFLOW_PORT", DEFAULT_MLFLOW_PORT))
         address = ray_address or env.get("RAY_ADDRESS")
         mlflow_uri = env.get("MLFLOW_TRACKING_URI")
+        tracking_uri = mlflow_uri or f"http://127.0.0.1:{mlflow_port}"
+        # a cluster's nodes cannot write to this machine's home: its jobs need storage.path or LESA_ORCH_STORAGE
+        storage = env.get("LESA_ORCH_STORAGE") or (str(home / "ray_results") if address is None else None)
         return cls(
             home=home,
             database_url=env.get("LESA_ORCH_DB_URL", f"sqlite:///{home / 'jobs.db'}"),
             ray_address=address or f"http://127.0.0.1:{ray_port}",
-            mlflow_uri=mlflow_uri or f"http://127.0.0.1:{mlflow_port}",
+            mlflow_uri=tracking_uri,
             optuna_url=env.get("LESA_ORCH_OPTUNA_URL", f"sqlite:///{home / 'optuna.db'}"),
             embedded_ray=address is None,
             embedded_mlflow=mlflow_uri is None,
+            default_storage=storage,
+            cluster_mlflow_uri=env.get("LESA_ORCH_CLUSTER_MLFLOW_URI", tracking_uri),
         )
 
     @property
     def data_dir(self) -> Path:
         return self.home / "data"
-
-    @property
-    def storage_dir(self) -> Path:
-        """Default Ray Train storage path (checkpoints) of the embedded cluster."""
-        return self.home / "ray_results"
 
     @property
     def mlflow_dir(self) -> Path:

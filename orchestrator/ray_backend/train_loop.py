@@ -171,6 +171,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     live_metrics = TrainingMetrics(config["job_id"], config.get("trial_id", ""), rank, device)
 
     first_step_at = time.time()  # when training starts: a search's per-trial start-up cost ends here
+    if start_epoch >= spec.schedule.epochs:  # restored after the last epoch: say so, or a search sees no result
+        ray.train.report({**last_eval, "epoch": float(start_epoch - 1), "epochs_completed": start_epoch,
+                          "first_step_at": first_step_at})
     for epoch in range(start_epoch, spec.schedule.epochs):
         _set_epoch(task.train_loader, epoch)
         loader = live_metrics.wrap(task.train_loader, epoch)

@@ -33,15 +33,15 @@ from ray.util import state as ray_state
 from ray.util.placement_group import PlacementGroup, remove_placement_group
 
 from ..spec import HpoSection, JobSpec, SearchDimension, apply_override, parse_spec, redact_url
-from ..tracking import Tracker
+from ..tracking import TRIAL_END_TAG, Tracker
 from .cluster import worker_resources
 from .entry import build_trainer, load_checkpoint_model
 
 CHECKPOINT_PATH_KEY = "checkpoint_path"  # what TuneReportCallback adds to a result that came with a checkpoint
 EPOCHS_KEY = "epochs_completed"
-# Tune snapshots its experiment state at every step, so a driver killed right after Optuna handed out a trial
-# still knows that trial on restore (the default waits up to 10 s and would leave an orphan in the study)
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+# Tune snapshots its experiment state every second, so a driver killed just after Optuna handed out a trial
+# still knows that trial on restore (the default waits 10 s or more and would leave an orphan in the study)
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
 
 def search_space(hpo: HpoSection) -> dict[str, Any]:
@@ -81,6 +81,49 @@ def study_storage_url(spec: JobSpec) -> str:
     return url
 
 
+_FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+
+
+class StudySearch(OptunaSearch):
+    """OptunaSearch that stays consistent with its study when restored from a snapshot older than the study.
+
+    Tune snapshots its state (this searcher included) every second, while Optuna writes to its storage at once.
+    A driver killed in between leaves the study ahead of the snapshot: a trial Optuna handed out that Tune never
+    recorded (reused for the next new trial, so the study keeps exactly ``num_samples`` trials), or a trial the
+    study already finished that Tune runs on (its results are not told again).
+    """
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        known = {trial.number for trial in self._ot_trials.values()}
+        running = self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        # Trial(study, storage id) is how Optuna itself rebuilds a live trial
+        self._orphans = [optuna.trial.Trial(self._ot_study, t._trial_id) for t in running if t.number not in known]
+
+    def suggest(self, trial_id: str) -> dict | None:
+        orphans = getattr(self, "_orphans", [])
+        if trial_id not in self._ot_trials and orphans:
+            self._ot_trials[trial_id] = orphans.pop(0)
+        return super().suggest(trial_id)
+
+    def _already_finished(self, trial_id: str) -> bool:
+        trial = self._ot_trials.get(trial_id)
+        if trial is None:
+            return False
+        finished = self._ot_study.get_trials(deepcopy=False, states=_FINISHED)
+        return any(t.number == trial.number for t in finished)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if not self._already_finished(trial_id):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if self._already_finished(trial_id):
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result, error)
+
+
 def build_searcher(spec: JobSpec, study_name: str, storage_url: str) -> OptunaSearch:
     """Optuna on an RDB storage, one study per job id; one or two objectives."""
     hpo = spec.hpo
@@ -88,7 +131,7 @@ def build_searcher(spec: JobSpec, study_name: str, storage_url: str) -> OptunaSe
     objectives = spec.objectives
     metric: str | list[str] = [o.metric for o in objectives] if len(objectives) > 1 else objectives[0].metric
     mode: str | list[str] = [o.mode for o in objectives] if len(objectives) > 1 else objectives[0].mode
-    return OptunaSearch(search_space(hpo), metric=metric, mode=mode, sampler=build_sampler(hpo),
+    return StudySearch(search_space(hpo), metric=metric, mode=mode, sampler=build_sampler(hpo),
                         study_name=study_name, storage=optuna.storages.RDBStorage(storage_url))
 
 
@@ -145,6 +188,12 @@ def run_trial(config: dict[str, Any], context: StudyContext) -> None:
     trial_id = tune.get_context().get_trial_id()
     spec = trial_spec(parse_spec(context.spec, source=f"job {context.job_id}"), config, context.study_dir)
     tracker = Tracker(context.tracking_uri)
+    ended = [run for run in tracker.trial_runs(tracker.experiment_id(spec.experiment_name), context.parent_run_id,
+                                               trial_id=trial_id) if TRIAL_END_TAG in run.data.tags]
+    if ended:  # it finished before the driver died, after Tune's last snapshot: report what it reached, no rerun
+        metrics = dict(ended[0].data.metrics)
+        tune.report({**metrics, EPOCHS_KEY: int(metrics.get("epoch", 0)) + 1})
+        return
     run_id = tracker.start_trial_run(spec, context.job_id, context.parent_run_id, trial_id)
     trainer = build_trainer(spec, context.job_id, tracking_uri=context.tracking_uri, run_id=run_id,
                             run_name=f"trial-{trial_id}", trial_id=trial_id, callbacks=[TuneReportCallback()])
@@ -278,6 +327,7 @@ def run_study(spec: JobSpec, job_id: str, tracker: Tracker, run_id: str, stop: A
     max_epochs = hpo.scheduler.max_epochs or spec.schedule.epochs
     experiment_id = tracker.experiment_id(spec.experiment_name)
     callback = TrialTracking(tracker, experiment_id, run_id, max_epochs)
+    ray.init(ignore_reinit_error=True)  # the job's cluster (Tune would connect on fit anyway)
     concurrency = max_concurrent_trials(spec, ray.cluster_resources())
     restoring = tune.Tuner.can_restore(study_dir)
     print(f"lesa-orch: {'restoring' if restoring else 'starting'} the search: {hpo.num_samples} trials, "

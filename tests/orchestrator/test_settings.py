@@ -1,0 +1,42 @@
+"""Where lesa-orch keeps things on the embedded default and on a cluster."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.service import _resolve_spec, _storage_check
+from orchestrator.settings import Settings
+from orchestrator.spec import SpecError, load_spec
+
+
+def test_embedded_default_keeps_everything_under_home(tmp_path):
+    settings = Settings.from_env({"LESA_ORCH_HOME": str(tmp_path)})
+    assert settings.embedded_ray and settings.embedded_mlflow
+    assert settings.database_url == f"sqlite:///{tmp_path / 'jobs.db'}"
+    assert settings.optuna_url == f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert settings.default_storage == str(tmp_path / "ray_results")
+    assert settings.cluster_mlflow_uri == settings.mlflow_uri == "http://127.0.0.1:5000"
+
+
+def test_a_cluster_has_no_local_storage_default(tmp_path):
+    env = {"LESA_ORCH_HOME": str(tmp_path), "RAY_ADDRESS": "http://head:8265", "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
+           "LESA_ORCH_CLUSTER_MLFLOW_URI": "http://mlflow:5000"}
+    settings = Settings.from_env(env)
+    assert settings.default_storage is None and not settings.embedded_ray
+    assert settings.cluster_mlflow_uri == "http://mlflow:5000"
+    spec = load_spec("jobs/quickstart_imagenet.yaml")
+    with pytest.raises(SpecError, match=r"^storage.path: unset, and the cluster at http://head:8265"):
+        _resolve_spec(spec, settings)
+    assert not _storage_check(settings.default_storage).ok
+
+    shared = Settings.from_env({**env, "LESA_ORCH_STORAGE": "s3://lesa-checkpoints"})
+    assert _resolve_spec(spec, shared).storage.path == "s3://lesa-checkpoints"
+    assert _storage_check(shared.default_storage).ok
+
+
+def test_local_storage_must_be_writable(tmp_path):
+    assert _storage_check(str(tmp_path / "ray_results")).ok
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    check = _storage_check(str(blocked / "ray_results"))
+    assert not check.ok and str(blocked) in check.detail
