@@ -168,6 +168,8 @@ def _driver_env(settings: Settings) -> dict[str, str]:
            "LESA_GIT_COMMIT": _git_commit(), "LESA_ORCH_HOME": str(settings.home)}
     if settings.embedded_ray:
         env.update(local_services.ray_auth_env(settings))
+        # one local machine is never preempted; the watcher is one more actor to start with every run
+        env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
     return env
 
 

@@ -86,13 +86,18 @@ def deployment(tmp_path_factory) -> Deployment:
 
 
 def find_process(marker: str, env_marker: str | None = None) -> int:
-    """Pid of a process whose command line contains ``marker`` (and whose environment contains ``env_marker``)."""
+    """Pid of a process whose command line contains ``marker`` (and whose environment contains ``env_marker``).
+
+    Ray Jobs starts an entrypoint through ``/bin/sh -c``, so the shell also matches; it is skipped: killing it
+    would fail the job while its driver lived on.
+    """
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if marker not in command:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            command = b" ".join(argv).decode(errors="replace")
+            if marker not in command or Path(argv[0].decode(errors="replace")).name in ("sh", "bash", "dash"):
                 continue
             if env_marker and env_marker.encode() not in (proc / "environ").read_bytes():
                 continue
