@@ -145,7 +145,9 @@ def test_the_client_settings_in_env_example_reach_the_compose_services(compose):
     assert mlflow_ports[urlparse(settings.mlflow_uri).port] == DEFAULT_MLFLOW_PORT
     assert f"--port {DEFAULT_MLFLOW_PORT}" in services["mlflow"]["command"]
 
-    created = set(re.findall(r"CREATE DATABASE (\w+);", (REPO / "deploy/postgres/init.sql").read_text()))
+    created = set(re.findall(r"CREATE DATABASE (\w+);", compose["configs"]["postgres-init"]["content"]))
+    init_script = {"target": "/docker-entrypoint-initdb.d/init.sql", "source": "postgres-init"}
+    assert init_script in services["postgres"]["configs"]
     postgres_ports = {host_port: container for _, host_port, container in _port_mappings(services["postgres"])}
     for url in (settings.database_url, ENV_EXAMPLE["LESA_ORCH_OPTUNA_URL"],
                 services["ray-head"]["environment"]["LESA_ORCH_OPTUNA_URL"]):
