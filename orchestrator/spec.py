@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import math
 import os
 import re
 import types
@@ -217,13 +218,20 @@ class SearchDimension(_Section):
             raise ValueError(f"step q={self.q:g} is wider than the range {self.low:g}..{self.high:g}")
         return self
 
-    def endpoints(self) -> list[Any]:
-        """The values that bound what can be sampled: every choice, or both ends of a range."""
+    def probe_values(self) -> list[Any]:
+        """Values that stand for all a trial can get: every choice; for a range both ends and the first step
+        (catches odd/even rules), for a continuous one an inside point off any step (catches an int field)."""
         if self.type == "choice":
             return list(self.values or [])
         if self.type == "int":
-            return [int(self.low), int(self.high)]
-        return [self.low, self.high]
+            points = self.grid_points() or []
+            return [points[0], points[1], points[-1]]
+        if self.type == "quantized":
+            steps = math.floor((self.high - self.low) / self.q + 1e-9)
+            return [self.low, self.low + self.q, self.low + steps * self.q]
+        if self.type == "loguniform":  # golden section in log space
+            return [self.low, self.low * (self.high / self.low) ** 0.381966, self.high]
+        return [self.low, self.low + 0.381966 * (self.high - self.low), self.high]
 
     def grid_points(self) -> list[Any] | None:
         """Every value, for a grid search; None for a continuous range."""
@@ -384,7 +392,7 @@ def _check_search(spec: JobSpec) -> None:
         blocked = next((p for p in _UNSEARCHABLE if path == p or path.startswith(p + ".")), None)
         if blocked:
             raise ValueError(f"{where}: {blocked} cannot be searched (it decides where and how the job runs)")
-        for value in dimension.endpoints():
+        for value in dimension.probe_values():
             trial = copy.deepcopy(base)
             try:
                 _apply_override(trial, f"{path}={json.dumps(value)}")
@@ -515,8 +523,14 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
     location = ".".join(str(part) for part in first["loc"])
     if first["type"] == "extra_forbidden":
         model: type[BaseModel] | None = JobSpec
+        item_key = False  # the next part is a key of hpo.space or an index of hpo.objectives
         for part in first["loc"][:-1]:
-            model = _field_model(_section_fields(model)[part].annotation) if model else None
+            if item_key or model is None:
+                item_key = False
+                continue
+            annotation = _section_fields(model)[part].annotation
+            item_key = typing.get_origin(annotation) in (dict, list)
+            model = _field_model(typing.get_args(annotation)[-1] if item_key else annotation)
         options = list(_section_fields(model)) if model else []
         return f"{source}: {location}: unknown key{_closest(str(first['loc'][-1]), options)}"
     message = first["msg"].removeprefix("Value error, ")

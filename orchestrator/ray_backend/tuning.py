@@ -148,11 +148,12 @@ def build_scheduler(spec: JobSpec) -> ASHAScheduler | FIFOScheduler:
 
 
 def max_concurrent_trials(spec: JobSpec, cluster: dict[str, float]) -> int:
-    """``hpo.max_concurrent_trials``, or as many trials as the cluster's CPUs and GPUs hold at once."""
+    """``hpo.max_concurrent_trials``, or as many trials as the cluster's CPUs and GPUs hold at once; at most
+    ``num_samples``."""
     hpo = spec.hpo
     assert hpo is not None
     if hpo.max_concurrent_trials is not None:
-        return hpo.max_concurrent_trials
+        return min(hpo.max_concurrent_trials, hpo.num_samples)
     fits = hpo.num_samples
     for resource, per_worker in worker_resources(spec).items():
         per_trial = per_worker * spec.resources.num_workers
