@@ -77,8 +77,14 @@ def test_bad_specs_fail_before_anything_is_recorded(tmp_path, env, text, args, f
 
 
 def test_unreachable_ray_or_mlflow_is_one_line_and_leaves_no_job(tmp_path, env):
-    done = _run(env, "submit", "jobs/quickstart_imagenet.yaml")
+    done = _run(env, "submit", "jobs/quickstart_imagenet.yaml", "--set", f"storage.path={tmp_path}/ray_results")
     _assert_one_line_error(done, "unreachable", "127.0.0.1")
+    assert _no_jobs(env)
+
+
+def test_a_cluster_job_without_storage_is_refused_before_anything_is_recorded(env):
+    done = _run(env, "submit", "jobs/quickstart_imagenet.yaml")
+    _assert_one_line_error(done, "storage.path: unset", "LESA_ORCH_STORAGE")
     assert _no_jobs(env)
 
 
@@ -88,7 +94,7 @@ def test_unknown_job_id(env):
 
 
 def test_validate_accepts_every_quickstart(env):
-    for job in ("jobs/quickstart_coco.yaml", "jobs/quickstart_imagenet.yaml"):
+    for job in ("jobs/quickstart_coco.yaml", "jobs/quickstart_imagenet.yaml", "jobs/quickstart_tune.yaml"):
         done = _run(env, "validate", job)
         assert done.returncode == 0, done.stderr
         assert "ok" in done.stdout
