@@ -12,21 +12,19 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train import Checkpoint
 
 from lesa_core.data.synthetic import write_coco_dataset, write_imagenet_dataset
 from lesa_core.engine.checkpoint import read_checkpoint_file
 
 from ..spec import JobSpec, parse_spec
 from ..tracking import Tracker
-from .cluster import worker_resources
-from .train_loop import CHECKPOINT_FILE, build_model, train_loop_per_worker
+from .train_loop import CHECKPOINT_FILE, build_model
+from .trainer import build_trainer
 
 RESULT_PREFIX = "LESA_RESULT "
 
@@ -45,33 +43,6 @@ def ensure_dataset(spec: JobSpec) -> None:
         write_imagenet_dataset(root, train_per_class=max(1, synthetic.num_train // 10),
                                val_per_class=max(1, synthetic.num_val // 10), image_size=synthetic.image_size,
                                seed=synthetic.seed)
-
-
-def build_trainer(
-    spec: JobSpec, job_id: str, *, tracking_uri: str, run_id: str, run_name: str | None = None,
-    trial_id: str = "", callbacks: Sequence[Any] = (),
-) -> TorchTrainer:
-    """The job's TorchTrainer: workers and resources, failure handling, best-k checkpoints by the metric.
-
-    ``run_name`` (default the job id) names the Ray Train run under ``storage.path``, so a resubmission restores
-    it; a search passes each trial's name, id and ``TuneReportCallback``.
-    """
-    resources = worker_resources(spec)
-    scaling = ScalingConfig(num_workers=spec.resources.num_workers, use_gpu=spec.resources.use_gpu,
-                            resources_per_worker=resources)
-    run_name = run_name or job_id
-    run = RunConfig(
-        name=run_name,
-        storage_path=spec.storage.path,
-        failure_config=FailureConfig(max_failures=spec.fault_tolerance.max_failures),
-        checkpoint_config=CheckpointConfig(num_to_keep=spec.storage.keep_checkpoints,
-                                           checkpoint_score_attribute=spec.primary_metric,
-                                           checkpoint_score_order=spec.eval.mode),
-        callbacks=list(callbacks),
-    )
-    config = {"spec": spec.model_dump(mode="json"), "job_id": job_id, "tracking_uri": tracking_uri, "run_id": run_id,
-              "run_name": run_name, "trial_id": trial_id}
-    return TorchTrainer(train_loop_per_worker, train_loop_config=config, scaling_config=scaling, run_config=run)
 
 
 def load_checkpoint_model(spec: JobSpec, checkpoint: Checkpoint) -> torch.nn.Module:

@@ -35,7 +35,7 @@ from ray.util.placement_group import PlacementGroup, remove_placement_group
 from ..spec import HpoSection, JobSpec, SearchDimension, apply_override, parse_spec, redact_url
 from ..tracking import TRIAL_END_TAG, Tracker
 from .cluster import worker_resources
-from .entry import build_trainer, load_checkpoint_model
+from .trainer import build_trainer
 
 CHECKPOINT_PATH_KEY = "checkpoint_path"  # what TuneReportCallback adds to a result that came with a checkpoint
 EPOCHS_KEY = "epochs_completed"
@@ -343,6 +343,9 @@ def run_study(spec: JobSpec, job_id: str, tracker: Tracker, run_id: str, stop: A
             tune_config=tune.TuneConfig(search_alg=build_searcher(spec, job_id, storage_url),
                                         scheduler=build_scheduler(spec), num_samples=hpo.num_samples,
                                         max_concurrent_trials=concurrency,
+                                        # a finished trial's process runs the next one: no new actor to start
+                                        # and import torch into (a trial ASHA stopped mid-fit is not reused)
+                                        reuse_actors=True,
                                         trial_name_creator=lambda t: f"trial-{t.trial_id}",
                                         trial_dirname_creator=lambda t: f"trial-{t.trial_id}"),
             run_config=tune.RunConfig(name=job_id, storage_path=spec.storage.path, callbacks=[callback]),
@@ -363,6 +366,8 @@ def run_study(spec: JobSpec, job_id: str, tracker: Tracker, run_id: str, stop: A
     if spec.tracking.register_model:
         filesystem, _ = pyarrow.fs.FileSystem.from_uri(spec.storage.path)
         best_spec = trial_spec(spec, best.params, context.study_dir)
+        from .entry import load_checkpoint_model  # torch models: only the driver needs them
+
         model = load_checkpoint_model(best_spec, ray.train.Checkpoint(best.best_checkpoint, filesystem=filesystem))
         version = tracker.register_model(run_id, model, spec.registered_model_name)
         outcome.update(registered_model=spec.registered_model_name, registered_version=version)

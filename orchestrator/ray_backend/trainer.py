@@ -1,0 +1,50 @@
+"""The job's ``TorchTrainer``, built without importing the training code.
+
+A search builds one trainer per trial inside a fresh Tune actor, so this module stays light: the per-worker
+loop (torch models, data, engines) is imported by the workers that run it, not by whoever builds the trainer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from ..spec import JobSpec
+from .cluster import worker_resources
+
+
+def run_worker(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker entry: imports and runs ``train_loop.train_loop_per_worker``."""
+    from .train_loop import train_loop_per_worker
+
+    train_loop_per_worker(config)
+
+
+def build_trainer(
+    spec: JobSpec, job_id: str, *, tracking_uri: str, run_id: str, run_name: str | None = None,
+    trial_id: str = "", callbacks: Sequence[Any] = (),
+) -> TorchTrainer:
+    """The job's TorchTrainer: workers and resources, failure handling, best-k checkpoints by the metric.
+
+    ``run_name`` (default the job id) names the Ray Train run under ``storage.path``, so a resubmission restores
+    it; a search passes each trial's name, id and ``TuneReportCallback``.
+    """
+    resources = worker_resources(spec)
+    scaling = ScalingConfig(num_workers=spec.resources.num_workers, use_gpu=spec.resources.use_gpu,
+                            resources_per_worker=resources)
+    run_name = run_name or job_id
+    run = RunConfig(
+        name=run_name,
+        storage_path=spec.storage.path,
+        failure_config=FailureConfig(max_failures=spec.fault_tolerance.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=spec.storage.keep_checkpoints,
+                                           checkpoint_score_attribute=spec.primary_metric,
+                                           checkpoint_score_order=spec.eval.mode),
+        callbacks=list(callbacks),
+    )
+    config = {"spec": spec.model_dump(mode="json"), "job_id": job_id, "tracking_uri": tracking_uri, "run_id": run_id,
+              "run_name": run_name, "trial_id": trial_id}
+    return TorchTrainer(run_worker, train_loop_config=config, scaling_config=scaling, run_config=run)
