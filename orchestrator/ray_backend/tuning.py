@@ -343,9 +343,6 @@ def run_study(spec: JobSpec, job_id: str, tracker: Tracker, run_id: str, stop: A
             tune_config=tune.TuneConfig(search_alg=build_searcher(spec, job_id, storage_url),
                                         scheduler=build_scheduler(spec), num_samples=hpo.num_samples,
                                         max_concurrent_trials=concurrency,
-                                        # a finished trial's process runs the next one: no new actor to start
-                                        # and import torch into (a trial ASHA stopped mid-fit is not reused)
-                                        reuse_actors=True,
                                         trial_name_creator=lambda t: f"trial-{t.trial_id}",
                                         trial_dirname_creator=lambda t: f"trial-{t.trial_id}"),
             run_config=tune.RunConfig(name=job_id, storage_path=spec.storage.path, callbacks=[callback]),
