@@ -16,6 +16,8 @@ from tests.e2e.conftest import find_process
 
 pytestmark = pytest.mark.slow
 
+KILL_EPOCHS = 14  # a job killed after its second checkpoint still has most of its epochs ahead
+
 
 def tiny_coco(deployment) -> list[str]:
     return [f"data.root={deployment.home}/data/coco_tiny", "data.synthetic.num_train=24", "data.synthetic.num_val=6",
@@ -126,8 +128,8 @@ def test_cancel_stops_the_job_and_kills_the_run(deployment):
 
 
 def test_a_killed_worker_is_restarted_from_the_last_checkpoint(deployment):
-    # long enough (30 short epochs) that the kill lands mid-training
-    job_id = _submit_detached(deployment, *tiny_imagenet(deployment, epochs=30, per_class=16),
+    # long enough (14 short epochs) that the kill lands mid-training
+    job_id = _submit_detached(deployment, *tiny_imagenet(deployment, epochs=KILL_EPOCHS, per_class=16),
                               "fault_tolerance.max_failures=2")
     job = _wait_for_checkpoints(deployment, job_id, 2)
     os.kill(find_process("RayTrainWorker", env_marker=job_id), signal.SIGKILL)  # this job's worker, not a lingering one
@@ -138,11 +140,11 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(deployment):
     # last persisted epoch (>= 1), never 0: that proves it restored rather than started over
     resumed = [int(epoch) for epoch in re.findall(r"resumed from checkpoint \S+ at epoch (\d+)", logs)]
     assert resumed and min(resumed) >= 1
-    assert deployment.epochs_logged(job["mlflow_run_id"])[-1] == 29
+    assert deployment.epochs_logged(job["mlflow_run_id"])[-1] == KILL_EPOCHS - 1
 
 
 def test_resume_after_the_driver_died_continues_from_the_last_checkpoint(deployment):
-    job_id = _submit_detached(deployment, *tiny_imagenet(deployment, epochs=30, per_class=16))
+    job_id = _submit_detached(deployment, *tiny_imagenet(deployment, epochs=KILL_EPOCHS, per_class=16))
     _wait_for_checkpoints(deployment, job_id, 2)
     os.kill(find_process("orchestrator.ray_backend.entry", env_marker=job_id), signal.SIGKILL)
     job = deployment.wait_for(job_id, lambda j: j["state"] == "FAILED", what="FAILED after the driver died")
@@ -155,7 +157,7 @@ def test_resume_after_the_driver_died_continues_from_the_last_checkpoint(deploym
     resumed = [int(epoch) for epoch in re.findall(r"resumed from checkpoint \S+ at epoch (\d+)", logs)]
     assert resumed and min(resumed) >= 1
     run = deployment.mlflow().get_run(job["mlflow_run_id"])
-    assert run.info.status == "FINISHED" and deployment.epochs_logged(run.info.run_id)[-1] == 29
+    assert run.info.status == "FINISHED" and deployment.epochs_logged(run.info.run_id)[-1] == KILL_EPOCHS - 1
 
 
 def test_a_job_the_cluster_cannot_fit_is_refused_without_a_trace(deployment):
