@@ -115,8 +115,9 @@ class LayerContribution:
 
     @property
     def context_share(self) -> float:
-        total = self.local + self.context
-        return self.context / total if total > 0 else 0.0
+        from lesa_core.layers import TermContribution  # torch loads only when contributions are shown
+
+        return TermContribution(self.local, self.context).context_share
 
 
 @dataclass(frozen=True)
