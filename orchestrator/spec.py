@@ -71,6 +71,9 @@ class DetectorOptions(_Section):
     max_size: int = Field(1333, ge=32)
     fpn_channels: int = Field(256, ge=8)
     light_heads: bool = False
+    # widths of the light heads: the box head's two FC layers and the mask head's four 3x3 convs
+    box_head_width: int | None = Field(None, ge=8)
+    mask_head_channels: int | None = Field(None, ge=8)
     trainable_backbone_layers: int = Field(3, ge=0, le=5)
     # torchvision MaskRCNN sampling sizes; None keeps torchvision's default
     rpn_pre_nms_top_n_train: int | None = Field(None, ge=1)
@@ -85,6 +88,18 @@ class DetectorOptions(_Section):
         names = ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
                  "rpn_post_nms_top_n_test", "box_batch_size_per_image", "box_detections_per_img")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    def light_head_widths(self) -> dict[str, int]:
+        """The light heads' widths that are set, as :func:`lesa_core.detection.mask_rcnn.light_heads` keywords."""
+        widths = {"representation_size": self.box_head_width, "mask_channels": self.mask_head_channels}
+        return {name: value for name, value in widths.items() if value is not None}
+
+    @model_validator(mode="after")
+    def _widths_need_light_heads(self) -> DetectorOptions:
+        given = [name for name in ("box_head_width", "mask_head_channels") if getattr(self, name) is not None]
+        if given and not self.light_heads:
+            raise ValueError(f"{given[0]} sizes the light heads; set light_heads: true or drop it")
+        return self
 
 
 class ModelSection(_Section):

@@ -42,7 +42,9 @@ def build_model(spec: JobSpec, num_classes: int) -> nn.Module:
     if spec.task == "classification":
         return timm.create_model(spec.model.arch, num_classes=num_classes, img_size=spec.model.img_size, **lesa)
     detector = spec.model.detector
-    heads = light_heads(detector.fpn_channels, num_classes) if detector.light_heads else {}
+    heads = {}
+    if detector.light_heads:
+        heads = light_heads(detector.fpn_channels, num_classes, **detector.light_head_widths())
     return maskrcnn_lesa_fpn(
         spec.model.arch, num_classes=num_classes, backbone_weights=spec.model.pretrained,
         trainable_backbone_layers=detector.trainable_backbone_layers, min_size=detector.min_size,

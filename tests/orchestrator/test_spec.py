@@ -74,6 +74,8 @@ def test_env_interpolation_with_defaults(tmp_path, monkeypatch):
         (lambda s: s["model"]["lesa"].update(fusion="mean"), r"model\.lesa\.fusion: Input should be 'gate'"),
         (lambda s: s["model"]["lesa"].update(unary_kernel=4), r"model\.lesa: unary_kernel=4 must be odd"),
         (lambda s: s["model"]["lesa"].update(pos_embed="flat1d"), r"pos_embed must be 'rel2d' for detection"),
+        (lambda s: s["model"].update(detector={"mask_head_channels": 64}),
+         r"model\.detector: mask_head_channels sizes the light heads; set light_heads: true"),
         (lambda s: s.update(eval={"metric": "val/acc1"}), r"eval\.metric='val/acc1' is never reported"),
         (lambda s: s["schedule"].update(milestones=[9]), r"milestones \[9\] are outside 1\.\.4"),
         (lambda s: s["data"].update(format="imagenet"), r"data\.format='imagenet' does not fit task='detection'"),

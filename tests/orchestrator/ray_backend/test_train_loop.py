@@ -1,7 +1,9 @@
 import pyarrow.fs
 import ray.train
+from torch import nn
 
-from orchestrator.ray_backend.train_loop import CHECKPOINT_FILE, restore_point
+from orchestrator.ray_backend.train_loop import CHECKPOINT_FILE, build_model, restore_point
+from orchestrator.spec import parse_spec
 
 
 def _checkpoint(path) -> ray.train.Checkpoint:
@@ -40,3 +42,17 @@ def test_a_fresh_run_starts_from_nothing(tmp_path):
     assert restore_point(None, str(tmp_path), "job") is None
     latest = _folder(tmp_path / "job", "checkpoint_2026-01-01_00-00-03.000000", complete=False)
     assert restore_point(_checkpoint(latest), str(tmp_path), "job") is None
+
+
+def test_the_spec_sizes_the_light_detection_heads():
+    spec = parse_spec({
+        "name": "heads", "task": "detection", "data": {"root": "/data/coco", "format": "coco"},
+        "schedule": {"epochs": 1, "batch_size_per_worker": 2, "lr": 0.01, "lr_reference_batch": 2},
+        "model": {"arch": "test_lesa_resnet", "img_size": 64, "lesa": {"sim_norm": "scaled"},
+                  "detector": {"min_size": 64, "max_size": 64, "fpn_channels": 16, "light_heads": True,
+                               "box_head_width": 48, "mask_head_channels": 24}},
+    })
+    model = build_model(spec, num_classes=4)
+    assert model.roi_heads.box_head.fc7.out_features == 48
+    assert {conv.out_channels for conv in model.roi_heads.mask_head.modules() if isinstance(conv, nn.Conv2d)} == {24}
+    assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 4
