@@ -89,7 +89,8 @@ def _detection_task(spec: JobSpec) -> _Task:
     return _Task(build_model(spec, train_set.num_classes), train_loader, val_loader, train_set.num_classes, extra)
 
 
-def _optimizer(spec: JobSpec, model: nn.Module) -> torch.optim.Optimizer:
+def spec_optimizer(spec: JobSpec, model: nn.Module) -> torch.optim.Optimizer:
+    """The spec's optimizer (AdamW or SGD) over the trainable parameters at the scaled learning rate."""
     params = [p for p in model.parameters() if p.requires_grad]
     schedule = spec.schedule
     if schedule.optimizer == "adamw":
@@ -150,7 +151,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(spec.schedule.seed)
     task = _detection_task(spec) if spec.task == "detection" else _classification_task(spec)
     model = ray.train.torch.prepare_model(task.model)
-    optimizer = _optimizer(spec, model)
+    optimizer = spec_optimizer(spec, model)
     scheduler = build_lr_scheduler(
         optimizer, epochs=spec.schedule.epochs, steps_per_epoch=len(task.train_loader), decay=spec.schedule.decay,
         warmup_epochs=spec.schedule.warmup_epochs, milestones=spec.schedule.milestones, gamma=spec.schedule.gamma,
