@@ -167,7 +167,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         last_eval = state.get("extra", {}).get("eval_metrics", {})
         if rank == 0:
             print(f"lesa-orch: resumed from checkpoint {checkpoint.path} at epoch {start_epoch}", flush=True)
-    tracker = Tracker(config["tracking_uri"]) if rank == 0 and config.get("run_id") else None
+    tracker, run_id = None, config.get("run_id")
+    if rank == 0 and (run_id or config.get("parent_run_id")):
+        tracker = Tracker(config["tracking_uri"])
+        if not run_id:  # a search trial: rank 0 opens (or, resumed, reopens) the trial's child run
+            run_id = tracker.start_trial_run(spec, config["job_id"], config["parent_run_id"], config["trial_id"])
     if rank == 0:
         print(f"lesa-orch: training on {context.get_world_size()} worker(s), device {device}", flush=True)
     amp = spec.schedule.amp and device.type == "cuda"
@@ -194,7 +198,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             fresh_eval = last_eval = engine.evaluate(unwrap_model(model), task.val_loader, device=device, amp=amp)
         metrics = {**metrics, "epoch": float(epoch)}
         if tracker is not None:  # MLflow gets evaluations only when they happen
-            tracker.log_metrics(config["run_id"], {**metrics, **fresh_eval}, step=epoch)
+            tracker.log_metrics(run_id, {**metrics, **fresh_eval}, step=epoch)
             summary = " ".join(f"{key}={value:.4g}" for key, value in sorted({**metrics, **fresh_eval}.items()))
             print(f"lesa-orch: epoch {epoch} {summary}", flush=True)
         with tempfile.TemporaryDirectory() as directory:

@@ -25,12 +25,13 @@ def run_worker(config: dict[str, Any]) -> None:
 
 def build_trainer(
     spec: JobSpec, job_id: str, *, tracking_uri: str, run_id: str, run_name: str | None = None,
-    trial_id: str = "", callbacks: Sequence[Any] = (),
+    trial_id: str = "", parent_run_id: str = "", callbacks: Sequence[Any] = (),
 ) -> TorchTrainer:
     """The job's TorchTrainer: workers and resources, failure handling, best-k checkpoints by the metric.
 
     ``run_name`` (default the job id) names the Ray Train run under ``storage.path``, so a resubmission restores
-    it; a search passes each trial's name, id and ``TuneReportCallback``.
+    it; a search passes each trial's name, id, its parent MLflow run (``run_id`` empty: rank 0 opens the trial's
+    child run) and ``TuneReportCallback``.
     """
     resources = worker_resources(spec)
     scaling = ScalingConfig(num_workers=spec.resources.num_workers, use_gpu=spec.resources.use_gpu,
@@ -46,5 +47,5 @@ def build_trainer(
         callbacks=list(callbacks),
     )
     config = {"spec": spec.model_dump(mode="json"), "job_id": job_id, "tracking_uri": tracking_uri, "run_id": run_id,
-              "run_name": run_name, "trial_id": trial_id}
+              "run_name": run_name, "trial_id": trial_id, "parent_run_id": parent_run_id}
     return TorchTrainer(run_worker, train_loop_config=config, scaling_config=scaling, run_config=run)

@@ -1,11 +1,11 @@
 """A job's ``hpo`` block run as a search: Ray Tune trials, each the job's own TorchTrainer, steered by an
 Optuna study and stopped early by ASHA.
 
-Every trial is a Tune function (``run_trial``) that applies its sampled values to the job spec and fits the same
-``TorchTrainer`` a single job builds (the Ray Train V2 pattern), reporting to Tune through
-``TuneReportCallback``. The Optuna study lives in an RDB storage under the job id, and Tune's experiment state
-sits at ``<storage.path>/<job id>``, so a resubmitted job restores both: finished trials are not run again,
-unfinished ones continue from their last checkpoint and the sampler keeps its history.
+Every trial is a Tune function (:func:`.trial.run_trial`, in a light module of its own) that applies its sampled
+values to the job spec and fits the same ``TorchTrainer`` a single job builds (the Ray Train V2 pattern), reporting
+to Tune through ``TuneReportCallback``. The Optuna study lives in an RDB storage under the job id, and Tune's
+experiment state sits at ``<storage.path>/<job id>``, so a resubmitted job restores both: finished trials are not
+run again, unfinished ones continue from their last checkpoint and the sampler keeps its history.
 
 MLflow: the job's run is the parent; every trial has a child run with its spec, per-epoch metrics and, at its
 end, the tag ``lesa.trial_end`` (completed, stopped_early or failed).
@@ -26,19 +26,17 @@ import pyarrow.fs
 import ray
 import ray.train
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.util import state as ray_state
 from ray.util.placement_group import PlacementGroup, remove_placement_group
 
-from ..spec import HpoSection, JobSpec, SearchDimension, apply_override, parse_spec, redact_url
-from ..tracking import TRIAL_END_TAG, Tracker
+from ..spec import HpoSection, JobSpec, SearchDimension, redact_url
+from ..tracking import TRIAL_END_TAG, TRIAL_ID_TAG, Tracker
 from .cluster import worker_resources
-from .trainer import build_trainer
+from .trial import EPOCHS_KEY, StudyContext, run_trial, trial_spec
 
 CHECKPOINT_PATH_KEY = "checkpoint_path"  # what TuneReportCallback adds to a result that came with a checkpoint
-EPOCHS_KEY = "epochs_completed"
 # Tune snapshots its experiment state every second, so a driver killed just after Optuna handed out a trial
 # still knows that trial on restore (the default waits 10 s or more and would leave an orphan in the study)
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
@@ -162,43 +160,11 @@ def max_concurrent_trials(spec: JobSpec, cluster: dict[str, float]) -> int:
     return max(1, fits)
 
 
-def trial_spec(spec: JobSpec, params: dict[str, Any], study_dir: str) -> JobSpec:
-    """The job spec with a trial's sampled values, as a plain job whose runs live in the study's folder."""
-    raw = spec.model_dump(mode="json")
-    raw.pop("hpo")
-    for path, value in params.items():
-        apply_override(raw, f"{path}={json.dumps(value)}", source="trial")
-    raw["storage"]["path"] = study_dir
-    raw["tracking"]["register_model"] = False  # the search registers its best trial once
-    return parse_spec(raw, source="trial")
-
-
-@dataclass(frozen=True)
-class StudyContext:
-    """What every trial needs besides its sampled values."""
-
-    spec: dict[str, Any]
-    job_id: str
-    tracking_uri: str
-    parent_run_id: str
-    study_dir: str
-
-
-def run_trial(config: dict[str, Any], context: StudyContext) -> None:
-    """Tune function for one trial: its child MLflow run and the job's TorchTrainer with the sampled values."""
-    trial_id = tune.get_context().get_trial_id()
-    spec = trial_spec(parse_spec(context.spec, source=f"job {context.job_id}"), config, context.study_dir)
-    tracker = Tracker(context.tracking_uri)
-    ended = [run for run in tracker.trial_runs(tracker.experiment_id(spec.experiment_name), context.parent_run_id,
-                                               trial_id=trial_id) if TRIAL_END_TAG in run.data.tags]
-    if ended:  # it finished before the driver died, after Tune's last snapshot: report what it reached, no rerun
-        metrics = dict(ended[0].data.metrics)
-        tune.report({**metrics, EPOCHS_KEY: int(metrics.get("epoch", 0)) + 1})
-        return
-    run_id = tracker.start_trial_run(spec, context.job_id, context.parent_run_id, trial_id)
-    trainer = build_trainer(spec, context.job_id, tracking_uri=context.tracking_uri, run_id=run_id,
-                            run_name=f"trial-{trial_id}", trial_id=trial_id, callbacks=[TuneReportCallback()])
-    trainer.fit()
+def ended_trials(tracker: Tracker, experiment_id: str, parent_run_id: str) -> dict[str, dict[str, float]]:
+    """The search's trials whose child run has ended (none on a first start), with their last metrics."""
+    return {run.data.tags[TRIAL_ID_TAG]: dict(run.data.metrics)
+            for run in tracker.trial_runs(experiment_id, parent_run_id)
+            if TRIAL_END_TAG in run.data.tags and TRIAL_ID_TAG in run.data.tags}
 
 
 def release_orphaned_worker_groups() -> int:
@@ -323,10 +289,11 @@ def run_study(spec: JobSpec, job_id: str, tracker: Tracker, run_id: str, stop: A
     started = time.monotonic()
     storage_url = study_storage_url(spec)
     study_dir = f"{spec.storage.path.rstrip('/')}/{job_id}"
-    context = StudyContext(spec.model_dump(mode="json"), job_id, tracker.tracking_uri, run_id, f"{study_dir}/runs")
-    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), {"cpu": 0, "memory": 1})
     max_epochs = hpo.scheduler.max_epochs or spec.schedule.epochs
     experiment_id = tracker.experiment_id(spec.experiment_name)
+    context = StudyContext(spec.model_dump(mode="json"), job_id, tracker.tracking_uri, run_id, f"{study_dir}/runs",
+                           ended_trials=ended_trials(tracker, experiment_id, run_id))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), {"cpu": 0, "memory": 1})
     callback = TrialTracking(tracker, experiment_id, run_id, max_epochs)
     ray.init(ignore_reinit_error=True)  # the job's cluster (Tune would connect on fit anyway)
     concurrency = max_concurrent_trials(spec, ray.cluster_resources())

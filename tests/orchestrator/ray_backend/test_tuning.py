@@ -1,4 +1,4 @@
-"""The pieces a search is built from: Tune domains, Optuna samplers and searcher, ASHA, concurrency, trial specs."""
+"""The pieces a search is built from: Tune domains, Optuna samplers and searcher, ASHA, concurrency."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.sample import Categorical, Float, Integer, LogUniform, Quantized, Uniform
 
 from orchestrator.ray_backend import tuning
-from orchestrator.spec import SpecError, load_spec
+from orchestrator.spec import load_spec
 
 TUNE = Path(__file__).resolve().parents[3] / "jobs" / "quickstart_tune.yaml"
 EVERY_TYPE = ("hpo.space={model.lesa.fusion: {type: choice, values: [gate, add, none]}, "
@@ -145,22 +145,6 @@ def test_two_objectives_make_a_multi_objective_study(tmp_path):
 )
 def test_max_concurrent_trials(overrides, cluster, expected):
     assert tuning.max_concurrent_trials(_spec(*overrides), cluster) == expected
-
-
-def test_trial_spec_applies_values_as_a_plain_unregistered_job():
-    spec = _spec()
-    params = {"model.lesa.fusion": "add", "model.lesa.unary_kernel": 5, "model.lesa.fusion_shrink": 4,
-              "schedule.lr": 0.004}
-    trial = tuning.trial_spec(spec, params, "/srv/studies/job-1/runs")
-    assert trial.hpo is None
-    lesa = trial.model.lesa
-    assert (lesa.fusion, lesa.unary_kernel, lesa.fusion_shrink, trial.schedule.lr) == ("add", 5, 4.0, 0.004)
-    assert trial.storage.path == "/srv/studies/job-1/runs"
-    assert trial.tracking.register_model is False
-    assert (trial.name, trial.schedule.epochs, trial.data.root) == (spec.name, spec.schedule.epochs, spec.data.root)
-    assert spec.model.lesa.fusion == "gate" and spec.hpo is not None  # the search's own spec is untouched
-    with pytest.raises(SpecError, match=r"trial: model\.lesa: unary_kernel=4 must be odd"):
-        tuning.trial_spec(spec, {"model.lesa.unary_kernel": 4}, "/srv/studies/job-1/runs")
 
 
 def test_asha_counts_epochs_on_the_first_objective():
