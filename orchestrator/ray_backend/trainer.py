@@ -11,9 +11,25 @@ from typing import Any
 
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 
 from ..spec import JobSpec
 from .cluster import worker_resources
+
+
+class DataLoaderTrainer(TorchTrainer):
+    """A TorchTrainer for workers that read through torch DataLoaders, not Ray Data.
+
+    Ray Train's dataset callback starts a ``DatasetManager`` actor for every run, datasets or not, and the workers
+    wait for it before the training function starts: 2.5 s of every run's (and every search trial's) start-up on
+    2 CPU cores, measured with the actor timeline of a search. Without Ray Data datasets it is left out.
+    """
+
+    def _create_default_callbacks(self) -> list:
+        callbacks = super()._create_default_callbacks()
+        if self.datasets:
+            return callbacks
+        return [callback for callback in callbacks if not isinstance(callback, DatasetsCallback)]
 
 
 def run_worker(config: dict[str, Any]) -> None:
@@ -26,7 +42,7 @@ def run_worker(config: dict[str, Any]) -> None:
 def build_trainer(
     spec: JobSpec, job_id: str, *, tracking_uri: str, run_id: str, run_name: str | None = None,
     trial_id: str = "", parent_run_id: str = "", callbacks: Sequence[Any] = (),
-) -> TorchTrainer:
+) -> DataLoaderTrainer:
     """The job's TorchTrainer: workers and resources, failure handling, best-k checkpoints by the metric.
 
     ``run_name`` (default the job id) names the Ray Train run under ``storage.path``, so a resubmission restores
@@ -48,4 +64,4 @@ def build_trainer(
     )
     config = {"spec": spec.model_dump(mode="json"), "job_id": job_id, "tracking_uri": tracking_uri, "run_id": run_id,
               "run_name": run_name, "trial_id": trial_id, "parent_run_id": parent_run_id}
-    return TorchTrainer(run_worker, train_loop_config=config, scaling_config=scaling, run_config=run)
+    return DataLoaderTrainer(run_worker, train_loop_config=config, scaling_config=scaling, run_config=run)
