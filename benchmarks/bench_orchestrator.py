@@ -81,28 +81,26 @@ def bare_epoch_seconds(root: str, epochs: int) -> list[float]:
     return seconds
 
 
-def _bare_train_worker(config: dict) -> None:
-    import ray.train
-
-    sys.path.insert(0, config["bench_dir"])  # this file, for the worker that unpickles the loop
-    ray.train.report({"epoch_seconds": json.dumps(bare_epoch_seconds(config["root"], config["epochs"]))})
+def bare_train_worker(config: dict) -> None:
+    """Ray Train worker: the bare loop; writes its epoch seconds to ``config["out"]`` (same machine)."""
+    Path(config["out"]).write_text(json.dumps(bare_epoch_seconds(config["root"], config["epochs"])))
 
 
 def run_bare_in_ray_train(root: str, epochs: int, out: Path) -> None:
     """Driver of a plain Ray job: one Ray Train worker (the job's resources) runs the bare loop."""
+    from bench_orchestrator import bare_train_worker  # by module name, so workers import it rather than unpickle it
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     spec = load_spec(JOB, _overrides(Path(root), epochs))
     with tempfile.TemporaryDirectory() as storage:
-        result = TorchTrainer(
-            _bare_train_worker,
-            train_loop_config={"root": root, "epochs": epochs, "bench_dir": str(Path(__file__).parent)},
+        TorchTrainer(
+            bare_train_worker,
+            train_loop_config={"root": root, "epochs": epochs, "out": str(out)},
             scaling_config=ScalingConfig(num_workers=spec.resources.num_workers,
                                          resources_per_worker={"CPU": spec.resources.cpus_per_worker}),
             run_config=RunConfig(name="bench-bare-loop", storage_path=storage),
         ).fit()
-    out.write_text(result.metrics["epoch_seconds"])
 
 
 def bare_in_ray_train_seconds(ctx: service.Context, root: Path, epochs: int, workdir: Path) -> list[float]:
@@ -110,7 +108,8 @@ def bare_in_ray_train_seconds(ctx: service.Context, root: Path, epochs: int, wor
     out = workdir / f"bare-{time.monotonic_ns()}.json"
     command = [sys.executable, str(Path(__file__).resolve()), "--bare-in-ray-train", str(out), "--root", str(root),
                "--epochs", str(epochs)]
-    env = {**local_services.ray_auth_env(ctx.settings), "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    env = {**local_services.ray_auth_env(ctx.settings), "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+           "PYTHONPATH": str(Path(__file__).resolve().parent)}
     client = ray_jobs.connect(ctx.settings)
     submission = client.submit_job(entrypoint=shlex.join(command), runtime_env={"env_vars": env})
     while not client.get_job_status(submission).is_terminal():
