@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 from ..settings import Settings
 
 HEALTH_TIMEOUT_S = 120.0
+RAY_WORKER_PORTS = (10002, 19999)  # Ray's default --min-worker-port / --max-worker-port
 
 
 class ServiceError(RuntimeError):
@@ -91,6 +92,19 @@ def _wait_until(check, what: str, log: Path | None, timeout: float = HEALTH_TIME
     raise ServiceError(f"{what} did not become healthy within {timeout:.0f}s{hint}")
 
 
+def worker_port_range(*reserved: int) -> tuple[int, int]:
+    """Ports for Ray's workers: its default 10002-19999, unless one of ``reserved`` (the head's own ports) is in
+    it, in which case the first 10,000-port window from 20000 up that holds none (Ray will not start otherwise)."""
+    low, high = RAY_WORKER_PORTS
+    if not any(low <= port <= high for port in reserved):
+        return low, high
+    for low in range(20000, 64536, 1000):
+        high = min(low + 9999, 65535)
+        if not any(low <= port <= high for port in reserved):
+            return low, high
+    raise ServiceError(f"no range for Ray's worker ports beside ports {sorted(reserved)}")
+
+
 def start_ray_head(settings: Settings, *, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
     """``ray start --head`` with the dashboard on the settings' address (loopback), token auth on."""
     if ray_is_up(settings):
@@ -101,6 +115,8 @@ def start_ray_head(settings: Settings, *, num_cpus: int | None = None, num_gpus:
     gcs_port = os.environ.get("LESA_ORCH_RAY_GCS_PORT", "6379")
     command = [_bin("ray"), "start", "--head", f"--port={gcs_port}", "--dashboard-host=127.0.0.1",
                f"--dashboard-port={port}", "--include-dashboard=true", "--disable-usage-stats"]
+    low, high = worker_port_range(int(gcs_port), port or 8265)
+    command += [f"--min-worker-port={low}", f"--max-worker-port={high}"]
     if num_cpus is not None:
         command.append(f"--num-cpus={num_cpus}")
     if num_gpus is not None:
@@ -178,11 +194,20 @@ def status(settings: Settings) -> ServicesStatus:
 
 
 def up(settings: Settings, *, num_cpus: int | None = None, num_gpus: int | None = None) -> ServicesStatus:
-    """Starts whatever of the embedded Ray head and MLflow server is not running (and is embedded)."""
+    """Starts whatever of the embedded Ray head and MLflow server is not running (and is embedded).
+
+    If the Ray head fails to start, an MLflow server this call started is stopped again: no half-up deployment.
+    """
+    started_mlflow = settings.embedded_mlflow and not mlflow_is_up(settings)
     if settings.embedded_mlflow:
         start_mlflow_server(settings)
     if settings.embedded_ray:
-        start_ray_head(settings, num_cpus=num_cpus, num_gpus=num_gpus)
+        try:
+            start_ray_head(settings, num_cpus=num_cpus, num_gpus=num_gpus)
+        except ServiceError:
+            if started_mlflow:
+                stop_mlflow_server(settings)
+            raise
     return status(settings)
 
 
