@@ -1,0 +1,25 @@
+"""The job's TorchTrainer: resources, checkpoints by the primary metric, and no Ray Data actor per run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ray.train.v2._internal.callbacks.backend_setup import BackendSetupCallback
+from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+from orchestrator.ray_backend.trainer import build_trainer
+from orchestrator.spec import load_spec
+
+JOBS = Path(__file__).resolve().parents[3] / "jobs"
+
+
+def test_trainer_follows_the_spec_and_starts_no_dataset_manager(tmp_path):
+    spec = load_spec(JOBS / "quickstart_coco.yaml", [f"storage.path={tmp_path}", "storage.keep_checkpoints=2"])
+    trainer = build_trainer(spec, "job-1", tracking_uri="http://mlflow:5000", run_id="run-1")
+    assert trainer.scaling_config.num_workers == 2
+    checkpoints = trainer.run_config.checkpoint_config
+    assert (checkpoints.num_to_keep, checkpoints.checkpoint_score_attribute) == (2, "coco/bbox_mAP")
+    assert trainer.run_config.name == "job-1" and trainer.train_loop_config["run_id"] == "run-1"
+    callbacks = trainer._create_default_callbacks()
+    assert any(isinstance(callback, BackendSetupCallback) for callback in callbacks)  # DDP set-up stays
+    assert not any(isinstance(callback, DatasetsCallback) for callback in callbacks)
