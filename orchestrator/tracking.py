@@ -30,6 +30,9 @@ SUBMISSION_TAG = "lesa.ray_submission_id"
 CANDIDATE_ALIAS = "candidate"
 CHAMPION_ALIAS = "champion"
 _BATCH = 900  # MLflow accepts up to 1000 entries per log_batch
+# what a registered model needs to load: this package and its torch stack; given explicitly, MLflow does not infer
+# them in a subprocess that imports the model (10 s or more per registration on 2 CPU cores)
+MODEL_REQUIREMENTS = ("lesa-orch", "torch", "torchvision", "timm", "cloudpickle")
 
 
 class TrackingError(RuntimeError):
@@ -46,6 +49,11 @@ def package_versions() -> str:
         except metadata.PackageNotFoundError:
             continue
     return ",".join(versions)
+
+
+def model_requirements() -> list[str]:
+    """``MODEL_REQUIREMENTS`` pinned to the versions installed here (those that trained the model)."""
+    return [f"{name}=={metadata.version(name)}" for name in MODEL_REQUIREMENTS]
 
 
 @dataclass(frozen=True)
@@ -179,7 +187,7 @@ class Tracker:
         try:
             with mlflow.start_run(run_id=run_id):
                 info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
-                                                registered_model_name=name)
+                                                registered_model_name=name, pip_requirements=model_requirements())
         except MlflowException as error:
             raise TrackingError(f"MLflow at {self.tracking_uri}: registering {name} failed: {error.message}") from None
         version = str(info.registered_model_version)

@@ -6,8 +6,11 @@ import json
 import os
 import re
 import signal
+from importlib import metadata
+from pathlib import Path
 
 import mlflow
+import mlflow.pyfunc
 import pytest
 import torch
 from torchvision.io import read_image
@@ -61,6 +64,9 @@ def test_coco_quickstart_with_two_ddp_workers_is_tracked_and_registered(deployme
     assert "spec.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
 
     model = mlflow.pytorch.load_model("models:/lesa-detection-test_lesa_resnet@candidate")
+    requirements = Path(mlflow.pyfunc.get_model_dependencies("models:/lesa-detection-test_lesa_resnet@candidate"))
+    pinned = requirements.read_text().split()
+    assert f"torch=={metadata.version('torch')}" in pinned and any(line.startswith("lesa-orch==") for line in pinned)
     image_path = next((deployment.home / "data" / "coco_tiny" / "val2017").glob("*.jpg"))
     with torch.no_grad():
         prediction = model.eval()([read_image(str(image_path)).float() / 255])[0]
