@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import socket
 import subprocess
 import sys
 import time
@@ -17,21 +15,10 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from tests.conftest import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).parent / "lesa-orch")
-
-
-def _free_port(within: tuple[int, int] | None = None) -> int:
-    """A free local port: any, or one inside ``within``."""
-    candidates = random.sample(range(within[0], within[1] + 1), 200) if within else [0]
-    for port in candidates:
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return probe.getsockname()[1]
-    raise RuntimeError(f"no free port in {within}")
 
 
 @dataclass
@@ -82,7 +69,7 @@ class Deployment:
 def deployment(tmp_path_factory) -> Deployment:
     home = tmp_path_factory.mktemp("lesa-orch-home")
     # the dashboard inside Ray's default worker-port range: `up` must move the worker ports out of its way
-    ray_port, mlflow_port, gcs_port = _free_port(within=(10002, 19999)), _free_port(), _free_port()
+    ray_port, mlflow_port, gcs_port = free_port(within=(10002, 19999)), free_port(), free_port()
     env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env.update(LESA_ORCH_HOME=str(home), LESA_ORCH_RAY_PORT=str(ray_port), LESA_ORCH_MLFLOW_PORT=str(mlflow_port),
                LESA_ORCH_RAY_GCS_PORT=str(gcs_port), PYTHONUNBUFFERED="1")

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from orchestrator.ray_backend import local_services
 from orchestrator.settings import Settings
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.conftest import free_port
 
 
 @pytest.mark.parametrize(
@@ -31,8 +24,8 @@ def test_worker_ports_stay_off_the_heads_ports(reserved, expected):
 
 
 def test_a_failed_ray_start_leaves_no_mlflow_server_behind(tmp_path):
-    settings = Settings.from_env({"LESA_ORCH_HOME": str(tmp_path), "LESA_ORCH_RAY_PORT": str(_free_port()),
-                                  "LESA_ORCH_MLFLOW_PORT": str(_free_port())})
+    settings = Settings.from_env({"LESA_ORCH_HOME": str(tmp_path), "LESA_ORCH_RAY_PORT": str(free_port()),
+                                  "LESA_ORCH_MLFLOW_PORT": str(free_port())})
     with pytest.raises(local_services.ServiceError, match="ray start --head failed"):
         local_services.up(settings, num_cpus=-1)  # Ray refuses a negative CPU count after MLflow is up
     assert not local_services.mlflow_is_up(settings)
