@@ -137,10 +137,13 @@ def _mlflow_pid_file(settings: Settings) -> Path:
     return settings.mlflow_dir / "server.pid"
 
 
-def start_mlflow_server(settings: Settings) -> None:
-    """``mlflow server`` on SQLite + local artifacts, detached from the CLI's process group."""
+def start_mlflow_server(settings: Settings) -> bool:
+    """``mlflow server`` on SQLite + local artifacts, detached from the CLI's process group.
+
+    Returns whether it started one (False: a server was already up).
+    """
     if mlflow_is_up(settings):
-        return
+        return False
     parsed = urlparse(settings.mlflow_uri)
     settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -162,6 +165,7 @@ def start_mlflow_server(settings: Settings) -> None:
     except ServiceError:
         stop_mlflow_server(settings)
         raise
+    return True
 
 
 def stop_mlflow_server(settings: Settings) -> None:
@@ -198,9 +202,7 @@ def up(settings: Settings, *, num_cpus: int | None = None, num_gpus: int | None 
 
     If the Ray head fails to start, an MLflow server this call started is stopped again: no half-up deployment.
     """
-    started_mlflow = settings.embedded_mlflow and not mlflow_is_up(settings)
-    if settings.embedded_mlflow:
-        start_mlflow_server(settings)
+    started_mlflow = settings.embedded_mlflow and start_mlflow_server(settings)
     if settings.embedded_ray:
         try:
             start_ray_head(settings, num_cpus=num_cpus, num_gpus=num_gpus)
