@@ -37,14 +37,11 @@ import torch
 from report import RESULTS_DIR, write_report
 from torch import nn
 
-from lesa_core.data.imagenet import build_imagenet_loaders, resolve_imagenet_data_config
 from lesa_core.data.synthetic import write_imagenet_dataset
 from lesa_core.engine import classification
-from lesa_core.engine.schedule import build_lr_scheduler
 from orchestrator import service
 from orchestrator.ray_backend import jobs as ray_jobs
-from orchestrator.ray_backend import local_services
-from orchestrator.ray_backend.train_loop import build_model, spec_optimizer
+from orchestrator.ray_backend.train_loop import build_task, spec_lr_scheduler, spec_optimizer
 from orchestrator.spec import load_spec
 
 JOB = Path(__file__).resolve().parents[1] / "jobs" / "quickstart_imagenet.yaml"
@@ -61,16 +58,10 @@ def bare_epoch_seconds(root: str, epochs: int) -> list[float]:
     spec = load_spec(JOB, _overrides(Path(root), epochs))
     torch.set_num_threads(1)
     torch.manual_seed(spec.schedule.seed)
-    probe = build_model(spec, 10)
-    train_loader, val_loader = build_imagenet_loaders(
-        root, data_config=resolve_imagenet_data_config(probe, spec.data.img_size),
-        batch_size=spec.schedule.batch_size_per_worker, num_workers=spec.data.workers, seed=spec.schedule.seed,
-        crop_scale=spec.data.crop_scale,
-    )
-    model = build_model(spec, len(train_loader.dataset.classes))
+    task = build_task(spec)
+    model, train_loader, val_loader = task.model, task.train_loader, task.val_loader
     optimizer = spec_optimizer(spec, model)
-    scheduler = build_lr_scheduler(optimizer, epochs=epochs, steps_per_epoch=len(train_loader),
-                                   decay=spec.schedule.decay)
+    scheduler = spec_lr_scheduler(spec, optimizer, len(train_loader))
     seconds = []
     for epoch in range(epochs):
         start = time.perf_counter()
@@ -108,8 +99,7 @@ def bare_in_ray_train_seconds(ctx: service.Context, root: Path, epochs: int, wor
     out = workdir / f"bare-{time.monotonic_ns()}.json"
     command = [sys.executable, str(Path(__file__).resolve()), "--bare-in-ray-train", str(out), "--root", str(root),
                "--epochs", str(epochs)]
-    env = {**local_services.ray_auth_env(ctx.settings), "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-           "PYTHONPATH": str(Path(__file__).resolve().parent)}
+    env = {**service.driver_env(ctx.settings), "PYTHONPATH": str(Path(__file__).resolve().parent)}
     client = ray_jobs.connect(ctx.settings)
     submission = client.submit_job(entrypoint=shlex.join(command), runtime_env={"env_vars": env})
     while not client.get_job_status(submission).is_terminal():

@@ -163,7 +163,8 @@ def _resolve_spec(spec: JobSpec, settings: Settings) -> JobSpec:
     return parse_spec(raw, source="resolved spec")
 
 
-def _driver_env(settings: Settings) -> dict[str, str]:
+def driver_env(settings: Settings) -> dict[str, str]:
+    """Environment of a job driver on the settings' cluster: MLflow and Optuna URLs, the commit, the Ray token."""
     env = {"MLFLOW_TRACKING_URI": settings.cluster_mlflow_uri, "LESA_ORCH_OPTUNA_URL": settings.optuna_url,
            "LESA_GIT_COMMIT": _git_commit(), "LESA_ORCH_HOME": str(settings.home)}
     if settings.embedded_ray:
@@ -193,7 +194,7 @@ def _submit_attempt(
     try:
         client = ray_jobs.connect(ctx.settings)
         ray_jobs.submit(client, ctx.settings, submission_id=submission_id, job_id=record.id,
-                        spec=spec.model_dump(mode="json"), env=_driver_env(ctx.settings))
+                        spec=spec.model_dump(mode="json"), env=driver_env(ctx.settings))
     except Exception as error:  # nothing ran: leave no PENDING row (or fail the resumed one)
         message = f"submission to Ray at {ctx.settings.ray_address} failed: {error}".splitlines()[0]
         if on_failure == "delete":

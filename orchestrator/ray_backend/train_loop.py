@@ -54,7 +54,7 @@ def build_model(spec: JobSpec, num_classes: int) -> nn.Module:
 
 
 @dataclass
-class _Task:
+class Task:
     """The pieces one task needs in the epoch loop."""
 
     model: nn.Module
@@ -64,7 +64,7 @@ class _Task:
     extra: dict[str, Any]
 
 
-def _classification_task(spec: JobSpec) -> _Task:
+def _classification_task(spec: JobSpec) -> Task:
     probe = timm.create_model(spec.model.arch, num_classes=0, img_size=spec.model.img_size,
                               **spec.model.lesa.model_dump())
     train_loader, val_loader = build_imagenet_loaders(
@@ -73,10 +73,10 @@ def _classification_task(spec: JobSpec) -> _Task:
         crop_scale=spec.data.crop_scale, auto_augment=spec.data.auto_augment,
     )
     classes = train_loader.dataset.classes
-    return _Task(build_model(spec, len(classes)), train_loader, val_loader, len(classes), {"classes": list(classes)})
+    return Task(build_model(spec, len(classes)), train_loader, val_loader, len(classes), {"classes": list(classes)})
 
 
-def _detection_task(spec: JobSpec) -> _Task:
+def _detection_task(spec: JobSpec) -> Task:
     train_set = CocoInstances(spec.data.root, spec.data.train_split or "train", train=True,
                               transforms=build_coco_transforms(train=True))
     val_set = CocoInstances(spec.data.root, spec.data.val_split or "val", train=False)
@@ -86,7 +86,12 @@ def _detection_task(spec: JobSpec) -> _Task:
     val_loader = build_coco_loader(val_set, batch_size=batch, train=False, workers=spec.data.workers,
                                    aspect_ratio_grouping=False)
     extra = {"class_names": list(train_set.class_names), "label_to_cat_id": train_set.label_to_cat_id}
-    return _Task(build_model(spec, train_set.num_classes), train_loader, val_loader, train_set.num_classes, extra)
+    return Task(build_model(spec, train_set.num_classes), train_loader, val_loader, train_set.num_classes, extra)
+
+
+def build_task(spec: JobSpec) -> Task:
+    """The spec's data loaders and model (classification or detection), before any Ray Train wrapping."""
+    return _detection_task(spec) if spec.task == "detection" else _classification_task(spec)
 
 
 def spec_optimizer(spec: JobSpec, model: nn.Module) -> torch.optim.Optimizer:
@@ -97,6 +102,14 @@ def spec_optimizer(spec: JobSpec, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=spec.scaled_lr, weight_decay=schedule.weight_decay)
     return torch.optim.SGD(params, lr=spec.scaled_lr, momentum=schedule.momentum, nesterov=schedule.nesterov,
                            weight_decay=schedule.weight_decay)
+
+
+def spec_lr_scheduler(spec: JobSpec, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Any:
+    """The spec's per-step schedule (warmup, then cosine or steps) for ``optimizer``."""
+    schedule = spec.schedule
+    return build_lr_scheduler(optimizer, epochs=schedule.epochs, steps_per_epoch=steps_per_epoch,
+                              decay=schedule.decay, warmup_epochs=schedule.warmup_epochs,
+                              milestones=schedule.milestones, gamma=schedule.gamma)
 
 
 def _set_epoch(loader: Any, epoch: int) -> None:
@@ -149,13 +162,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank = context.get_world_rank()
     device = ray.train.torch.get_device()
     torch.manual_seed(spec.schedule.seed)
-    task = _detection_task(spec) if spec.task == "detection" else _classification_task(spec)
+    task = build_task(spec)
     model = ray.train.torch.prepare_model(task.model)
     optimizer = spec_optimizer(spec, model)
-    scheduler = build_lr_scheduler(
-        optimizer, epochs=spec.schedule.epochs, steps_per_epoch=len(task.train_loader), decay=spec.schedule.decay,
-        warmup_epochs=spec.schedule.warmup_epochs, milestones=spec.schedule.milestones, gamma=spec.schedule.gamma,
-    )
+    scheduler = spec_lr_scheduler(spec, optimizer, len(task.train_loader))
     start_epoch, last_eval = 0, {}
     run_name = config.get("run_name", config["job_id"])  # a search names each trial's run
     checkpoint = restore_point(ray.train.get_checkpoint(), spec.storage.path, run_name)
