@@ -2,8 +2,8 @@
 Optuna study and stopped early by ASHA.
 
 Every trial is a Tune function (:func:`.trial.run_trial`, in a light module of its own) that applies its sampled
-values to the job spec and fits the same ``TorchTrainer`` a single job builds (the Ray Train V2 pattern), reporting
-to Tune through ``TuneReportCallback``. The Optuna study lives in an RDB storage under the job id, and Tune's
+values to the job spec and fits the same ``TorchTrainer`` a single job builds (the Ray Train V2 pattern), with its
+controller inside the trial, reporting to Tune through a ``TuneReportCallback``. The Optuna study lives in an RDB storage under the job id, and Tune's
 experiment state sits at ``<storage.path>/<job id>``, so a resubmitted job restores both: finished trials are not
 run again, unfinished ones continue from their last checkpoint and the sampler keeps its history.
 
@@ -26,6 +26,7 @@ import pyarrow.fs
 import ray
 import ray.train
 from ray import tune
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.util import state as ray_state
@@ -36,7 +37,6 @@ from ..tracking import TRIAL_END_TAG, TRIAL_ID_TAG, Tracker
 from .cluster import worker_resources
 from .trial import EPOCHS_KEY, StudyContext, run_trial, trial_spec
 
-CHECKPOINT_PATH_KEY = "checkpoint_path"  # what TuneReportCallback adds to a result that came with a checkpoint
 # Tune snapshots its experiment state every second, so a driver killed just after Optuna handed out a trial
 # still knows that trial on restore (the default waits 10 s or more and would leave an orphan in the study)
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")

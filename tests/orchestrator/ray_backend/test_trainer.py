@@ -1,4 +1,5 @@
-"""The job's TorchTrainer: resources, checkpoints by the primary metric, and no Ray Data actor per run."""
+"""The job's TorchTrainer: resources, checkpoints by the primary metric, no Ray Data actor per run, and a
+search trial's controller run inline."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 from ray.train.v2._internal.callbacks.backend_setup import BackendSetupCallback
 from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 
 from orchestrator.ray_backend.trainer import build_trainer
 from orchestrator.spec import load_spec
@@ -23,3 +25,15 @@ def test_trainer_follows_the_spec_and_starts_no_dataset_manager(tmp_path):
     callbacks = trainer._create_default_callbacks()
     assert any(isinstance(callback, BackendSetupCallback) for callback in callbacks)  # DDP set-up stays
     assert not any(isinstance(callback, DatasetsCallback) for callback in callbacks)
+
+
+def test_a_trial_trainer_runs_its_controller_inline_without_the_placement_group_cleaner(tmp_path):
+    spec = load_spec(JOBS / "quickstart_tune.yaml", [f"storage.path={tmp_path}"])
+    job = build_trainer(spec, "job-1", tracking_uri="http://mlflow:5000", run_id="run-1")
+    trial = build_trainer(spec, "job-1", tracking_uri="http://mlflow:5000", run_id="", inline_controller=True)
+    assert (job.inline_controller, trial.inline_controller) == (False, True)
+    assert any(isinstance(callback, PlacementGroupCleanerCallback) for callback in job._create_default_callbacks())
+    trial_callbacks = trial._create_default_callbacks()
+    assert not any(isinstance(callback, PlacementGroupCleanerCallback | DatasetsCallback)
+                   for callback in trial_callbacks)
+    assert any(isinstance(callback, BackendSetupCallback) for callback in trial_callbacks)
