@@ -64,7 +64,7 @@ STATE_STYLES = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow", "R
 def _job_table(records: list[JobRecord]) -> Table:
     table = Table(title="lesa-orch jobs")
     for column in ("id", "task", "state", "attempts", "created", "registered"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column in ("id", "state"))  # an id is what the next command needs, whole
     for record in records:
         registered = f"{record.registered_model} v{record.registered_version}" if record.registered_version else ""
         table.add_row(record.id, record.task, f"[{STATE_STYLES.get(record.state, 'white')}]{record.state}[/]",
@@ -290,7 +290,7 @@ def compare(
     columns = [metric] if metric else sorted(reported)[:6]
     table = Table(title=f"runs of {experiment}")
     for column in ("job", "status", "arch", "fusion", *columns):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "job")
     for run in runs:
         values = [f"{run.metrics[c]:.4f}" if c in run.metrics else "" for c in columns]
         table.add_row(run.job_id or run.run_id, run.status, run.params.get("model.arch", ""),
@@ -306,7 +306,7 @@ def _compare_trials(job_id: str, as_json: bool) -> None:
     reported = sorted({key for trial in trials for key in trial.metrics if key.startswith(("coco/", "val/"))})[:4]
     table = Table(title=f"trials of {job_id}")
     for column in ("trial", "end", *paths, *reported, "epochs"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "trial")
     for trial in trials:
         values = [f"{trial.metrics[c]:.4f}" if c in trial.metrics else "" for c in reported]
         epochs = f"{trial.metrics['epoch'] + 1:g}" if "epoch" in trial.metrics else ""

@@ -3,9 +3,10 @@ Optuna study and stopped early by ASHA.
 
 Every trial is a Tune function (:func:`.trial.run_trial`, in a light module of its own) that applies its sampled
 values to the job spec and fits the same ``TorchTrainer`` a single job builds (the Ray Train V2 pattern), with its
-controller inside the trial, reporting to Tune through a ``TuneReportCallback``. The Optuna study lives in an RDB storage under the job id, and Tune's
-experiment state sits at ``<storage.path>/<job id>``, so a resubmitted job restores both: finished trials are not
-run again, unfinished ones continue from their last checkpoint and the sampler keeps its history.
+controller inside the trial, reporting to Tune through a ``TuneReportCallback``. The Optuna study lives in an RDB
+storage under the job id, and Tune's experiment state sits at ``<storage.path>/<job id>``, so a resubmitted job
+restores both: finished trials are not run again, unfinished ones continue from their last checkpoint and the
+sampler keeps its history.
 
 MLflow: the job's run is the parent; every trial has a child run with its spec, per-epoch metrics and, at its
 end, the tag ``lesa.trial_end`` (completed, stopped_early or failed).

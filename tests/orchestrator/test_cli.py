@@ -2,9 +2,11 @@ import json
 import shutil
 import subprocess
 
+from rich.console import Console
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
+from orchestrator.cli import _job_table, app
+from orchestrator.store import JobStore, make_engine, upgrade
 
 runner = CliRunner()
 
@@ -35,3 +37,15 @@ def test_console_script_is_installed():
     executable = shutil.which("lesa-orch") or ".venv/bin/lesa-orch"
     result = subprocess.run([executable, "--help"], capture_output=True, text=True, check=True)
     assert "models" in result.stdout
+
+
+def test_job_table_keeps_ids_whole_in_an_80_column_terminal(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    upgrade(engine)
+    store = JobStore(engine)
+    job_id = "quickstart-tune-20261125-102525-b011"
+    store.create(job_id, name="quickstart-tune", task="classification", spec={})
+    console = Console(width=80, record=True)
+    console.print(_job_table(store.list()))
+    lines = console.export_text().splitlines()
+    assert any(job_id in line and "PENDING" in line for line in lines)
