@@ -22,7 +22,7 @@ from .ray_backend.cluster import check_fits, read_cluster_resources
 from .settings import Settings
 from .spec import JobSpec, SpecError, load_spec, parse_spec
 from .store import JobRecord, JobState, JobStore, make_engine, upgrade
-from .tracking import TRIAL_END_TAG, TRIAL_ID_TAG, Tracker, TrackingError
+from .tracking import ERROR_TAG, TRIAL_END_TAG, TRIAL_ID_TAG, Tracker, TrackingError
 
 POLL_INTERVAL_S = 2.0
 
@@ -236,24 +236,27 @@ def _sync_tracking(ctx: Context, record: JobRecord) -> JobRecord:
 
 
 def _finish(ctx: Context, record: JobRecord, info: ray_jobs.RayJobInfo) -> JobRecord:
+    """Moves a job Ray has ended to its final state; a failed job's error is the driver's one-line cause
+    (the run's ``lesa.error`` tag) when it wrote one, else Ray's message."""
     if record.state == "SUBMITTED" and info.state != "CANCELLED":
         record = ctx.store.transition(record.id, JobState.RUNNING)
     fields: dict[str, str] = {}
+    error = None if info.state == "SUCCEEDED" else (info.message or f"Ray job {info.state.lower()}")
     if record.mlflow_run_id:
         tracker = ctx.tracker()
         try:
+            tags = tracker.client.get_run(record.mlflow_run_id).data.tags
             if info.state == "SUCCEEDED":
-                tags = tracker.client.get_run(record.mlflow_run_id).data.tags
                 if "lesa.registered_version" in tags:
                     fields = {"registered_model": tags["lesa.registered_model"],
                               "registered_version": tags["lesa.registered_version"]}
             else:  # a driver that died cannot close its own run, nor a search's trial runs
+                error = tags.get(ERROR_TAG, error)
                 status = "KILLED" if info.state == "CANCELLED" else "FAILED"
                 tracker.end_open_trial_runs(record.mlflow_run_id, status)
                 tracker.end_run(record.mlflow_run_id, status)
         except Exception:  # tracking is best effort while reconciling
             pass
-    error = None if info.state == "SUCCEEDED" else (info.message or f"Ray job {info.state.lower()}")
     return ctx.store.transition(record.id, JobState(info.state), error=error, **fields)
 
 

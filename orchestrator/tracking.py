@@ -27,6 +27,7 @@ STUDY_TAG = "lesa.study_job_id"  # on a search's trial runs; the job id tag stay
 TRIAL_ID_TAG = "lesa.trial_id"
 TRIAL_END_TAG = "lesa.trial_end"  # completed | stopped_early | failed
 SUBMISSION_TAG = "lesa.ray_submission_id"
+ERROR_TAG = "lesa.error"  # one line: why a job's run or a trial's run failed
 CANDIDATE_ALIAS = "candidate"
 CHAMPION_ALIAS = "champion"
 _BATCH = 900  # MLflow accepts up to 1000 entries per log_batch
@@ -119,6 +120,8 @@ class Tracker:
             run_id = existing
             self._call("reopen run", self.client.update_run, run_id, status="RUNNING")
             self._call("tag run", self.client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            if ERROR_TAG in self._call("read run", self.client.get_run, run_id).data.tags:  # the last attempt's
+                self._call("untag run", self.client.delete_tag, run_id, ERROR_TAG)
         return run_id
 
     def start_trial_run(self, spec: JobSpec, job_id: str, parent_run_id: str, trial_id: str) -> str:

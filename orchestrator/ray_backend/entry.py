@@ -22,7 +22,8 @@ from lesa_core.data.synthetic import write_coco_dataset, write_imagenet_dataset
 from lesa_core.engine.checkpoint import read_checkpoint_file
 
 from ..spec import JobSpec, parse_spec
-from ..tracking import Tracker
+from ..tracking import ERROR_TAG, Tracker
+from .failures import one_line
 from .train_loop import CHECKPOINT_FILE, build_model
 from .trainer import build_trainer
 
@@ -96,7 +97,7 @@ def run_job(
     except BaseException as error:
         stopped = isinstance(error, KeyboardInterrupt) or (stop is not None and stop.received)
         if not stopped:
-            tracker.set_tags(run_id, {"lesa.error": f"{type(error).__name__}: {error}"[:4000]})
+            tracker.set_tags(run_id, {ERROR_TAG: one_line(error)})
         status = "KILLED" if stopped else "FAILED"
         if spec.hpo is not None:
             tracker.end_open_trial_runs(run_id, status)

@@ -34,8 +34,9 @@ from ray.util import state as ray_state
 from ray.util.placement_group import PlacementGroup, remove_placement_group
 
 from ..spec import HpoSection, JobSpec, SearchDimension, redact_url
-from ..tracking import TRIAL_END_TAG, TRIAL_ID_TAG, Tracker
+from ..tracking import ERROR_TAG, TRIAL_END_TAG, TRIAL_ID_TAG, Tracker
 from .cluster import worker_resources
+from .failures import one_line
 from .trial import EPOCHS_KEY, StudyContext, run_trial, trial_spec
 
 # Tune snapshots its experiment state every second, so a driver killed just after Optuna handed out a trial
@@ -191,6 +192,16 @@ def release_orphaned_worker_groups() -> int:
     return released
 
 
+def _trial_error(trial: Any) -> BaseException | None:
+    """The exception a trial failed with, from the file Tune has just written next to the driver (its copy in
+    ``storage.path`` comes later)."""
+    path = trial.pickled_error_file
+    if not path or not os.path.exists(path):
+        return None
+    with open(path, "rb") as handle:
+        return ray.cloudpickle.load(handle)
+
+
 class TrialTracking(tune.Callback):
     """Closes each trial's MLflow run with how it ended, times its start-up, and frees what stopped trials hold."""
 
@@ -216,18 +227,21 @@ class TrialTracking(tune.Callback):
         self._end(trial, "completed" if epochs >= self.max_epochs else "stopped_early")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._end(trial, "failed")
+        error = _trial_error(trial)
+        self._end(trial, "failed", {ERROR_TAG: one_line(error)} if error else {})
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if time.monotonic() - self._last_sweep > 2.0:
             self._last_sweep = time.monotonic()
             release_orphaned_worker_groups()
 
-    def _end(self, trial: Any, outcome: str) -> None:
+    def _end(self, trial: Any, outcome: str, tags: dict[str, str] | None = None) -> None:
         runs = self.tracker.trial_runs(self.experiment_id, self.parent_run_id, trial_id=trial.trial_id)
         if not runs:
             return
         metrics = {"trial/startup_s": self.startup_s[trial.trial_id]} if trial.trial_id in self.startup_s else {}
+        if tags:
+            self.tracker.set_tags(runs[0].info.run_id, tags)
         self.tracker.end_trial_run(runs[0].info.run_id, outcome, metrics)
 
 
@@ -243,6 +257,7 @@ class TrialRecord:
     images_per_sec: float
     train_time_s: float
     best_checkpoint: str | None
+    error: str | None = None
 
 
 def _trial_records(spec: JobSpec, grid: Any, max_epochs: int) -> list[TrialRecord]:
@@ -270,6 +285,7 @@ def _trial_records(spec: JobSpec, grid: Any, max_epochs: int) -> list[TrialRecor
             outcome=outcome, epochs=epochs, best=best,
             images_per_sec=float(metrics.get("train/images_per_sec", float("nan"))),
             train_time_s=float(metrics.get("time_total_s", 0.0)), best_checkpoint=checkpoint,
+            error=one_line(result.error) if result.error else None,
         ))
     return records
 
@@ -325,6 +341,10 @@ def run_study(spec: JobSpec, job_id: str, tracker: Tracker, run_id: str, stop: A
     outcome.update(summary)
     best = _best_record(spec, records)
     if best is None:
+        failed = [r for r in records if r.error]
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(records)} trials failed and none reported a checkpoint; "
+                               f"trial {failed[0].trial_id}: {failed[0].error}")
         raise RuntimeError("no trial reported a checkpoint with its objective")
     outcome.update(best_trial=best.trial_id, best_params=best.params, best_metrics=best.best,
                    final_metrics=best.best)

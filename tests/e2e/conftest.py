@@ -101,3 +101,16 @@ def find_process(marker: str, env_marker: str | None = None) -> int:
             continue
         return int(proc.name)
     raise AssertionError(f"no process running {marker!r}")
+
+
+def unreadable_imagenet(root: Path) -> Path:
+    """An ImageNet-layout folder whose files are not images: a job reading it fails in its first step."""
+    for split in ("train", "val"):
+        for label in ("n01", "n02"):
+            (root / split / label).mkdir(parents=True, exist_ok=True)
+            for index in range(4):
+                (root / split / label / f"{index}.JPEG").write_bytes(b"not a jpeg")
+    return root
+
+
+UNREADABLE = r"RuntimeError: \d+ unreadable images in a row up to \S+\.JPEG: check the dataset"

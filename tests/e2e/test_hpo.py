@@ -19,7 +19,7 @@ import optuna
 import pytest
 import torch
 
-from tests.e2e.conftest import find_process
+from tests.e2e.conftest import UNREADABLE, find_process, unreadable_imagenet
 
 pytestmark = pytest.mark.slow
 
@@ -108,3 +108,20 @@ def test_search_survives_its_driver_and_registers_the_best_trial(deployment):
     table = json.loads(deployment.cli("compare", job_id, "--json", check=True).stdout)
     assert sorted(row["trial_id"] for row in table) == sorted(trial_ids)
     assert {"model.lesa.fusion", "schedule.lr"} <= set(table[0]["params"])
+
+
+def test_a_search_whose_trials_all_fail_says_why(deployment):
+    root = unreadable_imagenet(deployment.home / "data" / "unreadable")
+    overrides = [f"data.root={root}", "data.generate=false", "schedule.batch_size_per_worker=2",
+                 "fault_tolerance.max_failures=0", "hpo.num_samples=2"]
+    done = deployment.cli("submit", "jobs/quickstart_tune.yaml", *[a for o in overrides for a in ("--set", o)])
+    assert done.returncode == 1, done.stdout + done.stderr
+    job = deployment.job(re.search(r"submitted (\S+)", done.stdout).group(1))
+    assert job["state"] == "FAILED"
+    assert re.fullmatch(rf"RuntimeError: 2 of 2 trials failed and none reported a checkpoint; trial \w+: {UNREADABLE}",
+                        job["error"]), job["error"]
+    children = _trial_runs(deployment, job["mlflow_run_id"])
+    assert len(children) == 2
+    for run in children:
+        assert run.info.status == "FAILED" and run.data.tags["lesa.trial_end"] == "failed"
+        assert re.fullmatch(UNREADABLE, run.data.tags["lesa.error"]), run.data.tags

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torchvision.io import read_image
 
-from tests.e2e.conftest import find_process
+from tests.e2e.conftest import UNREADABLE, find_process, unreadable_imagenet
 
 pytestmark = pytest.mark.slow
 
@@ -164,6 +164,20 @@ def test_resume_after_the_driver_died_continues_from_the_last_checkpoint(deploym
     assert resumed and min(resumed) >= 1
     run = deployment.mlflow().get_run(job["mlflow_run_id"])
     assert run.info.status == "FINISHED" and deployment.epochs_logged(run.info.run_id)[-1] == KILL_EPOCHS - 1
+
+
+def test_a_job_that_fails_in_training_says_why_in_one_line(deployment):
+    root = unreadable_imagenet(deployment.home / "data" / "unreadable")
+    overrides = [f"data.root={root}", "data.generate=false", "schedule.batch_size_per_worker=2",
+                 "fault_tolerance.max_failures=0"]
+    done = deployment.cli("submit", "jobs/quickstart_imagenet.yaml", *[a for o in overrides for a in ("--set", o)])
+    assert done.returncode == 1, done.stdout + done.stderr
+    job = deployment.job(_submitted_id(done.stdout))
+    assert job["state"] == "FAILED"
+    assert re.fullmatch(UNREADABLE, job["error"]), job["error"]  # the worker's own error, not Ray's log tail
+    assert f"error: {job['error']}" in " ".join(done.stdout.split())
+    run = deployment.mlflow().get_run(job["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["lesa.error"] == job["error"]
 
 
 def test_a_job_the_cluster_cannot_fit_is_refused_without_a_trace(deployment):
