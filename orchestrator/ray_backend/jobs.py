@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shlex
 import sys
 import time
@@ -17,6 +18,7 @@ from .local_services import ray_auth_headers
 
 ENTRY_MODULE = "orchestrator.ray_backend.entry"
 AGENT_WAIT_S = 90.0
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 # Ray job status -> lesa-orch job state
 RAY_TO_JOB_STATE = {
     JobStatus.PENDING: "SUBMITTED",
@@ -84,7 +86,17 @@ def submit(
 
 def info(client: JobSubmissionClient, submission_id: str) -> RayJobInfo:
     details = client.get_job_info(submission_id)
-    return RayJobInfo(submission_id, RAY_TO_JOB_STATE[JobStatus(details.status)], details.message or "")
+    return RayJobInfo(submission_id, RAY_TO_JOB_STATE[JobStatus(details.status)], one_line(details.message or ""))
+
+
+def one_line(message: str) -> str:
+    """Ray's job message in one line: a failed driver's message carries up to 20,000 characters of its log, of
+    which the last line (usually the exception) is kept; ``lesa-orch logs`` has the rest."""
+    head, _, log_tail = message.partition("\n")
+    head = head.split(", last available logs")[0]
+    lines = [ANSI_ESCAPE.sub("", line).strip() for line in log_tail.splitlines()]
+    last = next((line for line in reversed(lines) if line), "")
+    return f"{head}; last log line: {last}" if last else head
 
 
 def logs(client: JobSubmissionClient, submission_id: str) -> str:

@@ -155,6 +155,7 @@ def test_resume_after_the_driver_died_continues_from_the_last_checkpoint(deploym
     os.kill(find_process("orchestrator.ray_backend.entry", env_marker=job_id), signal.SIGKILL)
     job = deployment.wait_for(job_id, lambda j: j["state"] == "FAILED", what="FAILED after the driver died")
     assert deployment.mlflow().get_run(job["mlflow_run_id"]).info.status == "FAILED"
+    assert job["error"] and "\n" not in job["error"], job["error"]  # Ray's message, its log tail cut to a line
     done = deployment.cli("resume", job_id)
     assert done.returncode == 0, done.stdout + done.stderr
     job = deployment.job(job_id)
