@@ -31,8 +31,10 @@ class DataLoaderTrainer(TorchTrainer):
     own. A search trial sets it: its Tune actor lives exactly as long as the run, so a second process that imports
     Ray Train and torch again only adds start-up (3.7 s a trial at 2 trials on 2 cores). The workers are then
     owned by the trial's actor and end with it; the placement-group cleaner actor, which watches the controller
-    for the same purpose, is left out, since the search removes the groups of stopped trials itself
-    (``tuning.release_orphaned_worker_groups``).
+    for the same purpose, is left out: a stopped trial aborts its worker group itself, and the search sweeps what a
+    killed one leaves (``tuning.release_orphaned_worker_groups``). Inline, the workers see the trial's actor as
+    their controller, so ``ray.train.get_all_reported_checkpoints`` is not available to them; and it takes one
+    Train run per actor, which holds while Tune does not reuse trial actors (its default).
     """
 
     def __init__(self, *args: Any, inline_controller: bool = False, **kwargs: Any) -> None:
@@ -49,8 +51,26 @@ class DataLoaderTrainer(TorchTrainer):
         if not self.inline_controller:
             return super()._initialize_and_run_controller(**controller_init_kwargs)
         controller = TrainController(**controller_init_kwargs)
-        asyncio.run(controller.run())
+        try:
+            asyncio.run(controller.run())
+        except BaseException:  # Tune stopping the trial (SystemExit out of tune.report), or an interrupt
+            _abort_worker_group(controller)
+            raise
         return controller.get_result()
+
+
+def _abort_worker_group(controller: TrainController) -> None:
+    """Ends an interrupted run's workers, sync actor and placement group now, not when the trial's actor dies.
+
+    ``TrainController.abort`` would do the same but then exits its actor, which here is the trial's own.
+    """
+    worker_group = controller._worker_group
+    if worker_group is None or not worker_group.has_started():
+        return
+    try:
+        worker_group.abort()
+    except Exception as error:  # best effort: the search's sweep still frees what is left
+        print(f"lesa-orch: aborting the trial's workers failed: {error}", flush=True)
 
 
 def run_worker(config: dict[str, Any]) -> None:
