@@ -86,10 +86,10 @@ def submit(
 
 def info(client: JobSubmissionClient, submission_id: str) -> RayJobInfo:
     details = client.get_job_info(submission_id)
-    return RayJobInfo(submission_id, RAY_TO_JOB_STATE[JobStatus(details.status)], one_line(details.message or ""))
+    return RayJobInfo(submission_id, RAY_TO_JOB_STATE[JobStatus(details.status)], message_line(details.message or ""))
 
 
-def one_line(message: str) -> str:
+def message_line(message: str) -> str:
     """Ray's job message in one line: a failed driver's message carries up to 20,000 characters of its log, of
     which the last line (usually the exception) is kept; ``lesa-orch logs`` has the rest."""
     head, _, log_tail = message.partition("\n")

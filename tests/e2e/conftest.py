@@ -15,6 +15,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from orchestrator.ray_backend.local_services import RAY_WORKER_PORTS
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,7 +70,7 @@ class Deployment:
 def deployment(tmp_path_factory) -> Deployment:
     home = tmp_path_factory.mktemp("lesa-orch-home")
     # the dashboard inside Ray's default worker-port range: `up` must move the worker ports out of its way
-    ray_port, mlflow_port, gcs_port = free_port(within=(10002, 19999)), free_port(), free_port()
+    ray_port, mlflow_port, gcs_port = free_port(within=RAY_WORKER_PORTS), free_port(), free_port()
     env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env.update(LESA_ORCH_HOME=str(home), LESA_ORCH_RAY_PORT=str(ray_port), LESA_ORCH_MLFLOW_PORT=str(mlflow_port),
                LESA_ORCH_RAY_GCS_PORT=str(gcs_port), PYTHONUNBUFFERED="1")
@@ -101,6 +102,11 @@ def find_process(marker: str, env_marker: str | None = None) -> int:
             continue
         return int(proc.name)
     raise AssertionError(f"no process running {marker!r}")
+
+
+def set_args(overrides: list[str]) -> list[str]:
+    """``--set`` options for the CLI, one per override."""
+    return [arg for item in overrides for arg in ("--set", item)]
 
 
 def unreadable_imagenet(root: Path) -> Path:

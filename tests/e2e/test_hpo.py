@@ -19,7 +19,7 @@ import optuna
 import pytest
 import torch
 
-from tests.e2e.conftest import UNREADABLE, find_process, unreadable_imagenet
+from tests.e2e.conftest import UNREADABLE, find_process, set_args, unreadable_imagenet
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def _ended_trials(deployment, job: dict) -> int:
 
 
 def test_search_survives_its_driver_and_registers_the_best_trial(deployment):
-    args = [arg for item in tiny_search(deployment) for arg in ("--set", item)]
+    args = set_args(tiny_search(deployment))
     done = deployment.cli("submit", "jobs/quickstart_tune.yaml", *args, "--detach", check=True)
     job_id = re.search(r"submitted (\S+)", done.stdout).group(1)
 
@@ -114,7 +114,7 @@ def test_a_search_whose_trials_all_fail_says_why(deployment):
     root = unreadable_imagenet(deployment.home / "data" / "unreadable")
     overrides = [f"data.root={root}", "data.generate=false", "schedule.batch_size_per_worker=2",
                  "fault_tolerance.max_failures=0", "hpo.num_samples=2"]
-    done = deployment.cli("submit", "jobs/quickstart_tune.yaml", *[a for o in overrides for a in ("--set", o)])
+    done = deployment.cli("submit", "jobs/quickstart_tune.yaml", *set_args(overrides))
     assert done.returncode == 1, done.stdout + done.stderr
     job = deployment.job(re.search(r"submitted (\S+)", done.stdout).group(1))
     assert job["state"] == "FAILED"

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torchvision.io import read_image
 
-from tests.e2e.conftest import UNREADABLE, find_process, unreadable_imagenet
+from tests.e2e.conftest import UNREADABLE, find_process, set_args, unreadable_imagenet
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,7 @@ def _submitted_id(output: str) -> str:
 
 
 def test_coco_quickstart_with_two_ddp_workers_is_tracked_and_registered(deployment):
-    overrides = [arg for item in [*tiny_coco(deployment), "tracking.tags.api_token=hunter2"] for arg in ("--set", item)]
+    overrides = set_args([*tiny_coco(deployment), "tracking.tags.api_token=hunter2"])
     done = deployment.cli("submit", "jobs/quickstart_coco.yaml", *overrides)
     assert done.returncode == 0, done.stdout + done.stderr
     job_id = _submitted_id(done.stdout)
@@ -81,7 +81,7 @@ def test_coco_quickstart_with_two_ddp_workers_is_tracked_and_registered(deployme
 
 
 def test_classification_quickstart_with_one_worker(deployment):
-    overrides = [arg for item in tiny_imagenet(deployment) for arg in ("--set", item)]
+    overrides = set_args(tiny_imagenet(deployment))
     done = deployment.cli("submit", "jobs/quickstart_imagenet.yaml", *overrides)
     assert done.returncode == 0, done.stdout + done.stderr
     job = deployment.job(_submitted_id(done.stdout))
@@ -106,7 +106,7 @@ def test_classification_quickstart_with_one_worker(deployment):
 
 
 def _submit_detached(deployment, *overrides: str) -> str:
-    args = [arg for item in overrides for arg in ("--set", item)]
+    args = set_args(overrides)
     done = deployment.cli("submit", "jobs/quickstart_imagenet.yaml", *args, "--detach", check=True)
     return _submitted_id(done.stdout)
 
@@ -171,7 +171,7 @@ def test_a_job_that_fails_in_training_says_why_in_one_line(deployment):
     root = unreadable_imagenet(deployment.home / "data" / "unreadable")
     overrides = [f"data.root={root}", "data.generate=false", "schedule.batch_size_per_worker=2",
                  "fault_tolerance.max_failures=0"]
-    done = deployment.cli("submit", "jobs/quickstart_imagenet.yaml", *[a for o in overrides for a in ("--set", o)])
+    done = deployment.cli("submit", "jobs/quickstart_imagenet.yaml", *set_args(overrides))
     assert done.returncode == 1, done.stdout + done.stderr
     job = deployment.job(_submitted_id(done.stdout))
     assert job["state"] == "FAILED"

@@ -17,6 +17,7 @@ from ray._private.ray_constants import PROMETHEUS_SERVICE_DISCOVERY_FILE
 
 from orchestrator.ray_backend.local_services import ensure_ray_token
 from orchestrator.settings import Settings
+from tests.e2e.conftest import set_args
 from tests.e2e.test_jobs import tiny_imagenet
 
 pytestmark = pytest.mark.slow
@@ -64,7 +65,7 @@ def test_every_metric_the_lesa_dashboard_queries_is_exported_for_the_job(deploym
     expected = _dashboard_metrics()
     if not torch.cuda.is_available():
         expected.discard("ray_lesa_train_gpu_memory_bytes")  # CUDA workers only
-    overrides = [arg for item in tiny_imagenet(deployment, epochs=2, per_class=16) for arg in ("--set", item)]
+    overrides = set_args(tiny_imagenet(deployment, epochs=2, per_class=16))
     done = deployment.cli("submit", "jobs/quickstart_imagenet.yaml", *overrides, "--detach", check=True)
     job_id = re.search(r"submitted (\S+)", done.stdout).group(1)
     # gauges leave the endpoint ~2 report intervals (20 s) after their worker stops, so scrape while it trains
