@@ -22,13 +22,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-CLASSIFICATION_METRICS = ("val/acc1", "val/acc5", "val/loss", "train/loss")
-COCO_METRICS = tuple(
-    f"coco/{kind}_mAP{suffix}" for kind in ("bbox", "segm") for suffix in ("", "_50", "_75", "_s", "_m", "_l")
-)
-TASK_METRICS = {"classification": CLASSIFICATION_METRICS, "detection": (*COCO_METRICS, "train/loss")}
+from lesa_core.metrics import names
+
+TASK_METRICS = names.REPORTED_METRICS
 # what every epoch's report carries, so what a search may optimise
-OBJECTIVE_METRICS = {task: (*metrics, "train/images_per_sec") for task, metrics in TASK_METRICS.items()}
+OBJECTIVE_METRICS = names.OBJECTIVE_METRICS
 # fields a search may not vary: they name the job or decide where and how it runs
 _UNSEARCHABLE = ("name", "task", "hpo", "storage", "tracking", "resources", "fault_tolerance", "data.root",
                  "data.format", "data.generate")
@@ -354,7 +352,7 @@ class JobSpec(_Section):
 
     @property
     def primary_metric(self) -> str:
-        return self.eval.metric or ("coco/bbox_mAP" if self.task == "detection" else "val/acc1")
+        return self.eval.metric or names.primary_metric(self.task)
 
     @property
     def dataset_name(self) -> str:

@@ -22,9 +22,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-IOU_TYPES = ("bbox", "segm")
-# COCOeval.stats[0:6]: AP@[.5:.95], AP@.5, AP@.75, AP small, AP medium, AP large
-_STAT_SUFFIXES = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")
+from .names import COCO_STAT_SUFFIXES, IOU_TYPES, coco_metric
 
 
 def boxes_xyxy_to_xywh(boxes: torch.Tensor) -> torch.Tensor:
@@ -151,8 +149,8 @@ class CocoEvaluator:
                 coco_eval.evaluate()
                 coco_eval.accumulate()
                 coco_eval.summarize()
-            for suffix, value in zip(_STAT_SUFFIXES, coco_eval.stats[: len(_STAT_SUFFIXES)], strict=True):
-                metrics[f"coco/{iou_type}_{suffix}"] = float(value)
+            for suffix, value in zip(COCO_STAT_SUFFIXES, coco_eval.stats[: len(COCO_STAT_SUFFIXES)], strict=True):
+                metrics[coco_metric(iou_type, suffix)] = float(value)
         return metrics
 
     def _load_results(self, records: list[dict[str, Any]], iou_type: str) -> COCO:
