@@ -19,7 +19,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
-from .spec import JobSpec, flatten_params, redacted_spec
+from .redaction import flatten_params, redacted_spec
+from .spec import JobSpec
 
 JOB_ID_TAG = "lesa.job_id"
 PARENT_RUN_TAG = "mlflow.parentRunId"

@@ -3,7 +3,8 @@ import json
 import pytest
 import yaml
 
-from orchestrator.spec import SpecError, apply_override, flatten_params, load_spec, parse_spec, spec_json_schema
+from orchestrator.redaction import flatten_params
+from orchestrator.spec import SpecError, apply_override, load_spec, parse_spec, spec_json_schema
 
 MINIMAL = {
     "name": "quick",

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator import service
-from orchestrator.spec import SpecError, flatten_params, load_spec, redacted_spec
+from orchestrator.redaction import flatten_params, redacted_spec
+from orchestrator.spec import SpecError, load_spec
 
 REPO = Path(__file__).resolve().parents[2]
 TUNE = REPO / "jobs" / "quickstart_tune.yaml"

@@ -1,42 +1,17 @@
-"""The job spec: one YAML file per job, validated by pydantic, with ``--set a.b=c`` overrides.
+"""The job spec schema: one frozen pydantic section per top-level key, unknown keys rejected, and JobSpec.
 
-``load_spec(path, overrides)`` is the one place a job file is parsed: safe YAML load, ``${VAR}`` and
-``${VAR:-default}`` interpolation, overrides on dotted paths checked against the schema, validation
-with unknown keys rejected. Every failure is a :class:`SpecError` whose message is one line naming the
-file and the field path (with the closest valid key for a typo).
+Whole-spec rules live in the validators; a search's values are checked by :mod:`orchestrator.spec.search`.
 """
 
 from __future__ import annotations
 
-import copy
-import difflib
-import json
-import math
-import os
-import re
-import types
-import typing
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lesa_core.metrics import names
 
-TASK_METRICS = names.REPORTED_METRICS
-# what every epoch's report carries, so what a search may optimise
-OBJECTIVE_METRICS = names.OBJECTIVE_METRICS
-# fields a search may not vary: they name the job or decide where and how it runs
-_UNSEARCHABLE = ("name", "task", "hpo", "storage", "tracking", "resources", "fault_tolerance", "data.root",
-                 "data.format", "data.generate")
-_SECRET_KEY = re.compile(r"pass(word)?|secret|token|credential|api_?key|access_?key", re.IGNORECASE)
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]+):[^@/\s]+@")
-
-
-class SpecError(ValueError):
-    """A job spec problem; the message is one line naming the file and the field."""
+from .search import check_search
 
 
 class _Section(BaseModel):
@@ -231,21 +206,6 @@ class SearchDimension(_Section):
             raise ValueError(f"step q={self.q:g} is wider than the range {self.low:g}..{self.high:g}")
         return self
 
-    def probe_values(self) -> list[Any]:
-        """Values that stand for all a trial can get: every choice; for a range both ends and the first step
-        (catches odd/even rules), for a continuous one an inside point off any step (catches an int field)."""
-        if self.type == "choice":
-            return list(self.values or [])
-        if self.type == "int":
-            points = self.grid_points() or []
-            return [points[0], points[1], points[-1]]
-        if self.type == "quantized":
-            steps = math.floor((self.high - self.low) / self.q + 1e-9)
-            return [self.low, self.low + self.q, self.low + steps * self.q]
-        if self.type == "loguniform":  # golden section in log space
-            return [self.low, self.low * (self.high / self.low) ** 0.381966, self.high]
-        return [self.low, self.low + 0.381966 * (self.high - self.low), self.high]
-
     def grid_points(self) -> list[Any] | None:
         """Every value, for a grid search; None for a continuous range."""
         if self.type == "choice":
@@ -334,13 +294,14 @@ class JobSpec(_Section):
             )
         if self.task == "detection" and self.model.lesa.pos_embed != "rel2d":
             raise ValueError("model.lesa.pos_embed must be 'rel2d' for detection (images of any size)")
-        if self.eval.metric is not None and self.eval.metric not in TASK_METRICS[self.task]:
+        reported = names.REPORTED_METRICS[self.task]
+        if self.eval.metric is not None and self.eval.metric not in reported:
             raise ValueError(
                 f"eval.metric={self.eval.metric!r} is never reported by a {self.task} job; "
-                f"choose one of {', '.join(TASK_METRICS[self.task])}"
+                f"choose one of {', '.join(reported)}"
             )
         if self.hpo is not None:
-            _check_search(self)
+            check_search(self)
         return self
 
     @property
@@ -374,247 +335,6 @@ class JobSpec(_Section):
     def scaled_lr(self) -> float:
         """lr after linear scaling to the global batch."""
         return self.schedule.lr * self.global_batch_size / self.schedule.lr_reference_batch
-
-
-def _check_search(spec: JobSpec) -> None:
-    """Every searched path exists and may be searched, every value a trial can get is valid, the objectives are
-    reported and the scheduler fits the schedule. Messages start with the ``hpo`` field at fault."""
-    hpo = spec.hpo
-    assert hpo is not None
-    for objective in hpo.objectives:
-        if objective.metric not in OBJECTIVE_METRICS[spec.task]:
-            raise ValueError(f"hpo.objectives: {objective.metric!r} is never reported by a {spec.task} job; "
-                             f"choose one of {', '.join(OBJECTIVE_METRICS[spec.task])}")
-    if len({objective.metric for objective in hpo.objectives}) != len(hpo.objectives):
-        raise ValueError("hpo.objectives: the two objectives are the same metric")
-    if spec.eval.every_epochs != 1:
-        raise ValueError(f"eval.every_epochs={spec.eval.every_epochs}: a search compares trials every epoch, so it "
-                         "must be 1")
-    max_epochs = hpo.scheduler.max_epochs or spec.schedule.epochs
-    if max_epochs > spec.schedule.epochs:
-        raise ValueError(f"hpo.scheduler.max_epochs={max_epochs} exceeds schedule.epochs={spec.schedule.epochs}")
-    if hpo.scheduler.type == "asha" and hpo.scheduler.grace_period > max_epochs:
-        raise ValueError(f"hpo.scheduler.grace_period={hpo.scheduler.grace_period} exceeds the {max_epochs} "
-                         "epochs a trial runs, so nothing could be stopped early")
-    if hpo.sampler.type == "grid" and hpo.num_samples > hpo.grid_size():
-        raise ValueError(f"hpo.num_samples={hpo.num_samples} exceeds the {hpo.grid_size()} points of the grid")
-    base = spec.model_dump(mode="json")
-    base.pop("hpo")
-    for path, dimension in hpo.space.items():
-        where = f"hpo.space.{path}"
-        blocked = next((p for p in _UNSEARCHABLE if path == p or path.startswith(p + ".")), None)
-        if blocked:
-            raise ValueError(f"{where}: {blocked} cannot be searched (it decides where and how the job runs)")
-        for value in dimension.probe_values():
-            trial = copy.deepcopy(base)
-            try:
-                _apply_override(trial, f"{path}={json.dumps(value)}")
-            except SpecError as error:
-                raise ValueError(f"{where}: {str(error).split(': ', 1)[1]}") from None
-            try:
-                JobSpec.model_validate(trial)
-            except ValidationError as error:
-                problem = error.errors()[0]
-                raise ValueError(f"{where}: value {value!r} is invalid "
-                                 f"({problem['msg'].removeprefix('Value error, ')})") from None
-
-
-def _interpolate(value: Any, path: str, source: str) -> Any:
-    """Replaces ``${VAR}`` / ``${VAR:-default}`` in every string of ``value``, recursively."""
-    if isinstance(value, dict):
-        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), source) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_interpolate(v, f"{path}[{i}]", source) for i, v in enumerate(value)]
-    if not isinstance(value, str):
-        return value
-
-    def substitute(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in os.environ:
-            return os.environ[name]
-        if default is not None:
-            return default
-        raise SpecError(f"{source}: {path}: environment variable {name} is not set and has no default")
-
-    return _ENV_REFERENCE.sub(substitute, value)
-
-
-def _section_fields(model: type[BaseModel]) -> dict[str, Any]:
-    return dict(model.model_fields)
-
-
-def _field_model(annotation: Any) -> type[BaseModel] | None:
-    """The section model behind a field's annotation (``Section`` or ``Section | None``), else None."""
-    candidates = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (
-        annotation,)
-    return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-
-
-def _mapping_values_model(annotation: Any) -> type[BaseModel] | None:
-    """``Section`` for a ``dict[str, Section]`` field (``hpo.space``), else None."""
-    if typing.get_origin(annotation) is not dict:
-        return None
-    return _field_model(typing.get_args(annotation)[1])
-
-
-def _closest(name: str, options: list[str]) -> str:
-    match = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
-    return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(options)}"
-
-
-def apply_override(raw: dict[str, Any], override: str, source: str = "job spec") -> None:
-    """Sets ``a.b=c`` in the raw spec dict; the path must exist in the schema; ``c`` is parsed as YAML.
-
-    Keys of ``hpo.space`` are dotted paths themselves: ``hpo.space.schedule.lr.high=0.1`` sets ``high`` of the
-    ``schedule.lr`` dimension, ``hpo.space.schedule.lr={type: uniform, ...}`` the whole dimension.
-    """
-    try:
-        _apply_override(raw, override)
-    except SpecError as error:
-        raise SpecError(f"{source}: {error}") from None
-
-
-def _parse_value(override: str, text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise SpecError(f"--set {override}: the value is not valid YAML ({error.problem})") from None
-
-
-def _apply_override(raw: dict[str, Any], override: str) -> None:
-    if "=" not in override:
-        raise SpecError(f"--set {override}: expected KEY=VALUE with a dotted KEY such as schedule.epochs=3")
-    path, text = override.split("=", 1)
-    parts = path.strip().split(".")
-    model: type[BaseModel] | None = JobSpec
-    node = raw
-    for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
-        if model is None:  # inside a free-form mapping (tracking.tags)
-            if not last:
-                raise SpecError(f"--set {override}: {'.'.join(parts[:depth])} holds plain values")
-        else:
-            fields = _section_fields(model)
-            if part not in fields:
-                where = ".".join(parts[:depth]) or "the job spec"
-                raise SpecError(f"--set {override}: no field '{part}' in {where}{_closest(part, list(fields))}")
-            annotation = fields[part].annotation
-            values_model = _mapping_values_model(annotation)
-            if values_model is not None and not last:
-                _set_mapping_entry(node.setdefault(part, {}), parts[depth + 1:], values_model, override, text)
-                return
-            model = _field_model(annotation)
-            if model is None and not last and typing.get_origin(annotation) is not dict:
-                raise SpecError(f"--set {override}: {'.'.join(parts[:depth + 1])} is a value, not a section")
-        if last:
-            node[part] = _parse_value(override, text)
-            return
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise SpecError(f"--set {override}: {'.'.join(parts[:depth + 1])} is not a section in the file")
-        node = child
-
-
-def _set_mapping_entry(
-    mapping: dict[str, Any], rest: list[str], values_model: type[BaseModel], override: str, text: str
-) -> None:
-    """Sets a whole entry of a ``dict[str, Section]`` (key = ``rest``), or one field of it (the last part)."""
-    if len(rest) > 1 and rest[-1] in _section_fields(values_model):
-        key = ".".join(rest[:-1])
-        entry = mapping.setdefault(key, {})
-        if not isinstance(entry, dict):
-            raise SpecError(f"--set {override}: {key} is not a section in the file")
-        entry[rest[-1]] = _parse_value(override, text)
-    else:
-        mapping[".".join(rest)] = _parse_value(override, text)
-
-
-def _format_validation_error(error: ValidationError, source: str) -> str:
-    # a typo makes both an unknown key and a missing field; the unknown key (with its suggestion) says more
-    problems = error.errors()
-    first = next((problem for problem in problems if problem["type"] == "extra_forbidden"), problems[0])
-    location = ".".join(str(part) for part in first["loc"])
-    if first["type"] == "extra_forbidden":
-        model: type[BaseModel] | None = JobSpec
-        item_key = False  # the next part is a key of hpo.space or an index of hpo.objectives
-        for part in first["loc"][:-1]:
-            if item_key or model is None:
-                item_key = False
-                continue
-            annotation = _section_fields(model)[part].annotation
-            item_key = typing.get_origin(annotation) in (dict, list)
-            model = _field_model(typing.get_args(annotation)[-1] if item_key else annotation)
-        options = list(_section_fields(model)) if model else []
-        return f"{source}: {location}: unknown key{_closest(str(first['loc'][-1]), options)}"
-    message = first["msg"].removeprefix("Value error, ")
-    more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    # a whole-spec check names its own fields
-    return f"{source}: {location + ': ' if location else ''}{message}{more}"
-
-
-def parse_spec(raw: Any, *, source: str = "job spec", overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
-    """Validates an already-loaded mapping (with overrides and interpolation) into a JobSpec."""
-    if not isinstance(raw, dict):
-        raise SpecError(f"{source}: a job spec must be a mapping of sections, got {type(raw).__name__}")
-    raw = dict(raw)
-    for override in overrides:
-        apply_override(raw, override, source)
-    raw = _interpolate(raw, "", source)
-    try:
-        return JobSpec.model_validate(raw)
-    except ValidationError as error:
-        raise SpecError(_format_validation_error(error, source)) from None
-
-
-def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
-    """Reads, interpolates, overrides and validates a job YAML file."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"{path}: no such job file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(f"{path}: invalid YAML{where}: {getattr(error, 'problem', error)}") from None
-    return parse_spec(raw, source=str(path), overrides=overrides)
-
-
-def redact_url(text: str) -> str:
-    """``scheme://user:***@host``: the password of any URL in ``text`` hidden."""
-    return _URL_PASSWORD.sub(r"\1:***@", text)
-
-
-def redacted_spec(spec: JobSpec) -> dict[str, Any]:
-    """The spec as JSON data with secret-looking keys and URL passwords hidden (what MLflow may show)."""
-
-    def walk(value: Any, key: str) -> Any:
-        if isinstance(value, dict):
-            return {k: walk(v, str(k)) for k, v in value.items()}
-        if isinstance(value, list):
-            return [walk(v, key) for v in value]
-        if value is not None and _SECRET_KEY.search(key):
-            return "***"
-        return redact_url(value) if isinstance(value, str) else value
-
-    return walk(spec.model_dump(mode="json"), "")
-
-
-def flatten_params(spec: JobSpec) -> dict[str, str]:
-    """The spec as dotted ``section.key`` -> string; values of secret-looking keys and passwords in URLs redacted."""
-    flat: dict[str, str] = {}
-
-    def walk(value: Any, prefix: str) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                walk(item, f"{prefix}.{key}" if prefix else str(key))
-        elif _SECRET_KEY.search(prefix.rsplit(".", 1)[-1]):
-            flat[prefix] = "***"
-        else:
-            flat[prefix] = "" if value is None else redact_url(str(value))
-
-    walk(spec.model_dump(mode="json"), "")
-    return flat
 
 
 def spec_json_schema() -> dict[str, Any]:

@@ -1,0 +1,53 @@
+"""The job spec: one YAML file per job, validated by pydantic, with ``--set a.b=c`` overrides.
+
+``schema`` holds the sections and :class:`JobSpec`, ``loading`` reads a file (YAML, ``${VAR}``, overrides,
+one-line errors), ``overrides`` walks dotted paths of the schema and ``search`` checks an ``hpo`` block.
+"""
+
+from .loading import apply_override, load_spec, parse_spec
+from .overrides import SpecError
+from .schema import (
+    DataSection,
+    DetectorOptions,
+    EvalSection,
+    FaultToleranceSection,
+    HpoSection,
+    JobSpec,
+    LesaOptions,
+    ModelSection,
+    Objective,
+    ResourcesSection,
+    SamplerOptions,
+    SchedulerOptions,
+    ScheduleSection,
+    SearchDimension,
+    StorageSection,
+    SyntheticData,
+    TrackingSection,
+    spec_json_schema,
+)
+
+__all__ = [
+    "DataSection",
+    "DetectorOptions",
+    "EvalSection",
+    "FaultToleranceSection",
+    "HpoSection",
+    "JobSpec",
+    "LesaOptions",
+    "ModelSection",
+    "Objective",
+    "ResourcesSection",
+    "SamplerOptions",
+    "ScheduleSection",
+    "SchedulerOptions",
+    "SearchDimension",
+    "SpecError",
+    "StorageSection",
+    "SyntheticData",
+    "TrackingSection",
+    "apply_override",
+    "load_spec",
+    "parse_spec",
+    "spec_json_schema",
+]

@@ -1,0 +1,98 @@
+"""Reading a job file: safe YAML load, ``${VAR}`` / ``${VAR:-default}`` interpolation, ``--set`` overrides and
+validation, with every failure one :class:`SpecError` line naming the file and the field path."""
+
+from __future__ import annotations
+
+import os
+import re
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from .overrides import SpecError, closest, field_model, section_fields, set_override
+from .schema import JobSpec
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(value: Any, path: str, source: str) -> Any:
+    """Replaces ``${VAR}`` / ``${VAR:-default}`` in every string of ``value``, recursively."""
+    if isinstance(value, dict):
+        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), source) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, f"{path}[{i}]", source) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise SpecError(f"{source}: {path}: environment variable {name} is not set and has no default")
+
+    return _ENV_REFERENCE.sub(substitute, value)
+
+
+def apply_override(raw: dict[str, Any], override: str, source: str = "job spec") -> None:
+    """Sets ``a.b=c`` in the raw spec dict (see :func:`~orchestrator.spec.overrides.set_override`); errors name
+    ``source``."""
+    try:
+        set_override(raw, override, JobSpec)
+    except SpecError as error:
+        raise SpecError(f"{source}: {error}") from None
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    # a typo makes both an unknown key and a missing field; the unknown key (with its suggestion) says more
+    problems = error.errors()
+    first = next((problem for problem in problems if problem["type"] == "extra_forbidden"), problems[0])
+    location = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        model: type[BaseModel] | None = JobSpec
+        item_key = False  # the next part is a key of hpo.space or an index of hpo.objectives
+        for part in first["loc"][:-1]:
+            if item_key or model is None:
+                item_key = False
+                continue
+            annotation = section_fields(model)[part].annotation
+            item_key = typing.get_origin(annotation) in (dict, list)
+            model = field_model(typing.get_args(annotation)[-1] if item_key else annotation)
+        options = list(section_fields(model)) if model else []
+        return f"{source}: {location}: unknown key{closest(str(first['loc'][-1]), options)}"
+    message = first["msg"].removeprefix("Value error, ")
+    more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    # a whole-spec check names its own fields
+    return f"{source}: {location + ': ' if location else ''}{message}{more}"
+
+
+def parse_spec(raw: Any, *, source: str = "job spec", overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
+    """Validates an already-loaded mapping (with overrides and interpolation) into a JobSpec."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: a job spec must be a mapping of sections, got {type(raw).__name__}")
+    raw = dict(raw)
+    for override in overrides:
+        apply_override(raw, override, source)
+    raw = _interpolate(raw, "", source)
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as error:
+        raise SpecError(_format_validation_error(error, source)) from None
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
+    """Reads, interpolates, overrides and validates a job YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such job file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(f"{path}: invalid YAML{where}: {getattr(error, 'problem', error)}") from None
+    return parse_spec(raw, source=str(path), overrides=overrides)
