@@ -33,7 +33,8 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.util import state as ray_state
 from ray.util.placement_group import PlacementGroup, remove_placement_group
 
-from ..spec import HpoSection, JobSpec, SearchDimension, redact_url
+from ..redaction import redact_url
+from ..spec import HpoSection, JobSpec, SearchDimension
 from ..tracking import ERROR_TAG, TRIAL_END_TAG, TRIAL_ID_TAG, Tracker
 from .cluster import worker_resources
 from .failures import one_line
