@@ -23,6 +23,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 from torch import nn
 
 POS_EMBEDS = ("rel2d", "flat1d")
@@ -34,6 +35,7 @@ def to_2tuple_size(size: int | tuple[int, int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
+@register_notrace_function  # branches on the map size: one FX node, not traced through
 def resize_rel_table(table: torch.Tensor, length: int) -> torch.Tensor:
     """Fits a (2S - 1, d) table of relative offsets -S+1..S-1 to (2N - 1, d) for a map of size N.
 
@@ -45,6 +47,18 @@ def resize_rel_table(table: torch.Tensor, length: int) -> torch.Tensor:
         return table[start:start + rows]
     resized = F.interpolate(table.t().unsqueeze(0), size=rows, mode="linear", align_corners=True)
     return resized.squeeze(0).t()
+
+
+@register_notrace_function  # compares the map size: one FX node, so the check stays in traced graphs
+def check_flat1d_size(x: torch.Tensor, feat_size: tuple[int, int]) -> torch.Tensor:
+    """Returns the (B, C, H, W) map ``x`` unchanged if (H, W) is the size a ``flat1d`` table was built for."""
+    height, width = x.shape[-2:]
+    if (height, width) != feat_size:
+        raise ValueError(
+            f"pos_embed='flat1d' was built for a {feat_size[0]}x{feat_size[1]} feature map "
+            f"and got {height}x{width}; build the model for this input size or use pos_embed='rel2d'"
+        )
+    return x
 
 
 def rel2d_logits(q: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,12 +152,16 @@ class ContextTerm(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """The official init: q/k/v projection N(0, 1 / C_in), position tables N(0, 1 / d); BNs to identity."""
         nn.init.normal_(self.qkv.weight, 0.0, math.sqrt(1.0 / self.in_channels))
         if self.pos_embed == "flat1d":
             nn.init.normal_(self.rel_flat, 0.0, math.sqrt(1.0 / self.v_dim))
         else:
             nn.init.normal_(self.rel_h, 0.0, self.qk_dim ** -0.5)
             nn.init.normal_(self.rel_w, 0.0, self.qk_dim ** -0.5)
+        for norm in (self.qkv_norm, self.sim_bn, self.out_norm):
+            if norm is not None:
+                norm.reset_parameters()
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, C_in, H, W) -> q, k (B, heads, d_qk, L) and v (B, heads, d_v, L)."""
@@ -151,13 +169,6 @@ class ContextTerm(nn.Module):
         qkv = self.qkv_norm(self.qkv(x))
         qkv = qkv.reshape(batch, self.num_heads, 2 * self.qk_dim + self.v_dim, height * width)
         return qkv.split([self.qk_dim, self.qk_dim, self.v_dim], dim=2)
-
-    def _check_flat_size(self, height: int, width: int) -> None:
-        if (height, width) != self.feat_size:
-            raise ValueError(
-                f"pos_embed='flat1d' was built for a {self.feat_size[0]}x{self.feat_size[1]} feature map "
-                f"and got {height}x{width}; build the model for this input size or use pos_embed='rel2d'"
-            )
 
     def _normalise_output(self, terms: list[torch.Tensor], height: int, width: int) -> torch.Tensor:
         """Output terms, each (B, heads, d_v, L) -> BN per term and channel, summed -> (B, C, H, W)."""
@@ -178,10 +189,8 @@ class ContextTerm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, C, H, W)."""
-        height, width = x.shape[-2:]
         if self.pos_embed == "flat1d":
-            self._check_flat_size(height, width)
-            return self._forward_flat1d(x)
+            return self._forward_flat1d(check_flat1d_size(x, self.feat_size))
         if self.sim_norm == "scaled":
             return self._forward_rel2d_fused(x)
         return self._forward_rel2d_explicit(x)

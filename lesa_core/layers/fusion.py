@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .weight_init import init_conv_bn_
+
 FUSION_MODES = ("gate", "add", "gate_both", "none")
 
 
@@ -38,6 +40,11 @@ class FusionGate(nn.Module):
             nn.Conv2d(hidden, gates * channels, 1, bias=False),
             nn.BatchNorm2d(gates * channels),
         )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He normal (fan_out) convs and identity BNs, as the official code initialises them."""
+        init_conv_bn_(self.modules())
 
     def forward(self, local: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Two (B, C, H, W) terms -> (B, gates * C, H, W) gate values in (0, 1)."""

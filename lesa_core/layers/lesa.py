@@ -104,9 +104,13 @@ class LesaAttention(nn.Module):
         self.pool = nn.AvgPool2d(stride, stride) if stride > 1 else nn.Identity()
         self.track_contribution = False
         self.contribution: TermContribution | None = None
+        # no self.reset_parameters() here: each term has just run its own, and this layer owns no parameters
 
     def reset_parameters(self) -> None:
-        self.context_term.reset_parameters()
+        """Re-initialises every term (local, context, fusion gate) as at construction."""
+        for term in (self.local_term, self.context_term, self.fusion_gate):
+            if term is not None:
+                term.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C_out, H / stride, W / stride)."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .weight_init import init_conv_bn_
+
 
 class LocalTerm(nn.Module):
     """Grouped kxk conv -> 1x1 conv -> BN.
@@ -42,6 +44,11 @@ class LocalTerm(nn.Module):
             nn.Conv2d(out_channels, out_channels, 1, bias=False) if num_heads > 1 else nn.Identity()
         )
         self.norm = nn.BatchNorm2d(out_channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He normal (fan_out) convs and an identity BN, as the official code initialises them."""
+        init_conv_bn_(self.modules())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, C, H, W)."""

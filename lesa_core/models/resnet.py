@@ -17,7 +17,7 @@ from timm.layers import create_classifier
 from timm.models import checkpoint_seq
 from torch import nn
 
-from ..layers import LesaAttention
+from ..layers import LesaAttention, init_conv_bn_
 
 BLOCK_TYPES = ("conv", "lesa", "sa")
 
@@ -167,18 +167,13 @@ class LesaResNet(nn.Module):
         self._init_weights(zero_init_last)
 
     def _init_weights(self, zero_init_last: bool) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        for module in self.modules():
-            # LESA's own init (q/k/v projection, position tables) wins over the generic conv init
-            if isinstance(module, LesaAttention):
-                module.reset_parameters()
-            elif zero_init_last and isinstance(module, Bottleneck):
-                module.zero_init_last()
+        # LESA layers keep the init of their own reset_parameters(); everything else gets the ResNet init
+        lesa_parts = {part for layer in self.modules() if isinstance(layer, LesaAttention) for part in layer.modules()}
+        init_conv_bn_(module for module in self.modules() if module not in lesa_parts)
+        if zero_init_last:
+            for module in self.modules():
+                if isinstance(module, Bottleneck):
+                    module.zero_init_last()
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
