@@ -6,71 +6,14 @@ loop (torch models, data, engines) is imported by the workers that run it, not b
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
-from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
-from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
-from ray.train.v2._internal.execution.controller import TrainController
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
 from ..spec import JobSpec
 from .cluster import worker_resources
-
-
-class DataLoaderTrainer(TorchTrainer):
-    """A TorchTrainer for workers that read through torch DataLoaders, not Ray Data.
-
-    Ray Train's dataset callback starts a ``DatasetManager`` actor for every run, datasets or not, and the workers
-    wait for it before the training function starts: 2.5 s of every run's (and every search trial's) start-up on
-    2 CPU cores, measured with the actor timeline of a search. Without Ray Data datasets it is left out.
-
-    ``inline_controller`` runs Ray Train's controller in the calling process instead of a controller actor of its
-    own. A search trial sets it: its Tune actor lives exactly as long as the run, so a second process that imports
-    Ray Train and torch again only adds start-up (3.7 s a trial at 2 trials on 2 cores). The workers are then
-    owned by the trial's actor and end with it; the placement-group cleaner actor, which watches the controller
-    for the same purpose, is left out: a stopped trial aborts its worker group itself, and the search sweeps what a
-    killed one leaves (``tuning.release_orphaned_worker_groups``). Inline, the workers see the trial's actor as
-    their controller, so ``ray.train.get_all_reported_checkpoints`` is not available to them; and it takes one
-    Train run per actor, which holds while Tune does not reuse trial actors (its default).
-    """
-
-    def __init__(self, *args: Any, inline_controller: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.inline_controller = inline_controller
-
-    def _create_default_callbacks(self) -> list:
-        dropped: tuple[type, ...] = () if self.datasets else (DatasetsCallback,)
-        if self.inline_controller:
-            dropped += (PlacementGroupCleanerCallback,)
-        return [callback for callback in super()._create_default_callbacks() if not isinstance(callback, dropped)]
-
-    def _initialize_and_run_controller(self, **controller_init_kwargs: Any) -> Result:
-        if not self.inline_controller:
-            return super()._initialize_and_run_controller(**controller_init_kwargs)
-        controller = TrainController(**controller_init_kwargs)
-        try:
-            asyncio.run(controller.run())
-        except BaseException:  # Tune stopping the trial (SystemExit out of tune.report), or an interrupt
-            _abort_worker_group(controller)
-            raise
-        return controller.get_result()
-
-
-def _abort_worker_group(controller: TrainController) -> None:
-    """Ends an interrupted run's workers, sync actor and placement group now, not when the trial's actor dies.
-
-    ``TrainController.abort`` would do the same but then exits its actor, which here is the trial's own.
-    """
-    worker_group = controller._worker_group
-    if worker_group is None or not worker_group.has_started():
-        return
-    try:
-        worker_group.abort()
-    except Exception as error:  # best effort: the search's sweep still frees what is left
-        print(f"lesa-orch: aborting the trial's workers failed: {error}", flush=True)
+from .compat import DataLoaderTrainer
 
 
 def run_worker(config: dict[str, Any]) -> None:
@@ -88,7 +31,7 @@ def build_trainer(
 
     ``run_name`` (default the job id) names the Ray Train run under ``storage.path``, so a resubmission restores
     it; a search passes each trial's name, id, its parent MLflow run (``run_id`` empty: rank 0 opens the trial's
-    child run), a ``TuneReportCallback`` and ``inline_controller`` (see ``DataLoaderTrainer``).
+    child run), a ``TuneReportCallback`` and ``inline_controller`` (see ``compat.DataLoaderTrainer``).
     """
     resources = worker_resources(spec)
     scaling = ScalingConfig(num_workers=spec.resources.num_workers, use_gpu=spec.resources.use_gpu,

@@ -12,34 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ray import tune
-from ray.train import Checkpoint
-from ray.train.v2._internal.execution.context import TrainRunContext
-from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
 from ..spec import JobSpec, apply_override, parse_spec
+from .compat import InlineTuneReportCallback
 from .trainer import build_trainer
 
 EPOCHS_KEY = "epochs_completed"
-
-
-class InlineTuneReportCallback(TuneReportCallback):
-    """``TuneReportCallback`` for a controller that runs in the trial's own thread (``inline_controller``).
-
-    Ray's callback hands rank 0's metrics to Tune through a queue actor, since its controller lives in another
-    process; here the controller runs in the trial function's thread, so it reports with ``tune.report`` directly
-    and no queue actor is started. The result is the same: rank 0's metrics plus ``checkpoint_path`` when the
-    report came with a checkpoint.
-    """
-
-    def __init__(self) -> None:  # no inter-actor queue: nothing crosses a process
-        pass
-
-    def after_report(self, run_context: TrainRunContext, metrics: list[dict[str, Any]],
-                     checkpoint: Checkpoint | None) -> None:
-        result = dict(metrics[0])
-        if checkpoint is not None:
-            result[CHECKPOINT_PATH_KEY] = checkpoint.path
-        tune.report(result)
 
 
 def trial_spec(spec: JobSpec, params: dict[str, Any], study_dir: str) -> JobSpec:

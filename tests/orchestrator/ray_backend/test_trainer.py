@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ray.train.v2._internal.callbacks.backend_setup import BackendSetupCallback
-from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
-from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
-
+from orchestrator.ray_backend.compat import (
+    BackendSetupCallback,
+    DatasetsCallback,
+    PlacementGroupCleanerCallback,
+    default_callbacks,
+)
 from orchestrator.ray_backend.trainer import build_trainer
 from orchestrator.spec import load_spec
 
@@ -22,7 +24,7 @@ def test_trainer_follows_the_spec_and_starts_no_dataset_manager(tmp_path):
     checkpoints = trainer.run_config.checkpoint_config
     assert (checkpoints.num_to_keep, checkpoints.checkpoint_score_attribute) == (2, "coco/bbox_mAP")
     assert trainer.run_config.name == "job-1" and trainer.train_loop_config["run_id"] == "run-1"
-    callbacks = trainer._create_default_callbacks()
+    callbacks = default_callbacks(trainer)
     assert any(isinstance(callback, BackendSetupCallback) for callback in callbacks)  # DDP set-up stays
     assert not any(isinstance(callback, DatasetsCallback) for callback in callbacks)
 
@@ -32,8 +34,8 @@ def test_a_trial_trainer_runs_its_controller_inline_without_the_placement_group_
     job = build_trainer(spec, "job-1", tracking_uri="http://mlflow:5000", run_id="run-1")
     trial = build_trainer(spec, "job-1", tracking_uri="http://mlflow:5000", run_id="", inline_controller=True)
     assert (job.inline_controller, trial.inline_controller) == (False, True)
-    assert any(isinstance(callback, PlacementGroupCleanerCallback) for callback in job._create_default_callbacks())
-    trial_callbacks = trial._create_default_callbacks()
+    assert any(isinstance(callback, PlacementGroupCleanerCallback) for callback in default_callbacks(job))
+    trial_callbacks = default_callbacks(trial)
     assert not any(isinstance(callback, PlacementGroupCleanerCallback | DatasetsCallback)
                    for callback in trial_callbacks)
     assert any(isinstance(callback, BackendSetupCallback) for callback in trial_callbacks)
