@@ -15,16 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-from ray.train import Checkpoint
-
 from lesa_core.data.synthetic import write_coco_dataset, write_imagenet_dataset
-from lesa_core.engine.checkpoint import read_checkpoint_file
 
 from ..spec import JobSpec, parse_spec
 from ..tracking import ERROR_TAG, Tracker
 from .failures import one_line
-from .train_loop import CHECKPOINT_FILE, build_model
+from .registration import best_job_checkpoint, register_checkpoint
 from .trainer import build_trainer
 
 RESULT_PREFIX = "LESA_RESULT "
@@ -44,24 +40,6 @@ def ensure_dataset(spec: JobSpec) -> None:
         write_imagenet_dataset(root, train_per_class=max(1, synthetic.num_train // 10),
                                val_per_class=max(1, synthetic.num_val // 10), image_size=synthetic.image_size,
                                seed=synthetic.seed)
-
-
-def load_checkpoint_model(spec: JobSpec, checkpoint: Checkpoint) -> torch.nn.Module:
-    """The model saved in a lesa-orch checkpoint, in eval mode."""
-    with checkpoint.as_directory() as directory:
-        state = read_checkpoint_file(Path(directory) / CHECKPOINT_FILE)
-    model = build_model(spec, state["extra"]["num_classes"])
-    model.load_state_dict(state["model"])
-    return model.eval()
-
-
-def best_model(spec: JobSpec, result: Any) -> tuple[torch.nn.Module, dict[str, float]]:
-    """The model of the best checkpoint by the primary metric, with that checkpoint's metrics."""
-    checkpoint = result.get_best_checkpoint(metric=spec.primary_metric, mode=spec.eval.mode) or result.checkpoint
-    if checkpoint is None:
-        raise RuntimeError("training reported no checkpoint")
-    best_metrics = next((m for c, m in result.best_checkpoints if c.path == checkpoint.path), result.metrics)
-    return load_checkpoint_model(spec, checkpoint), dict(best_metrics)
 
 
 class StopSignal:
@@ -107,14 +85,11 @@ def run_job(
 
 def _train(spec: JobSpec, job_id: str, tracker: Tracker, run_id: str) -> dict[str, Any]:
     result = build_trainer(spec, job_id, tracking_uri=tracker.tracking_uri, run_id=run_id).fit()
-    outcome: dict[str, Any] = {"job_id": job_id, "run_id": run_id, "final_metrics": dict(result.metrics or {})}
-    model, best_metrics = best_model(spec, result)
-    outcome["best_metrics"] = best_metrics
+    checkpoint, best_metrics = best_job_checkpoint(spec, result)
+    outcome: dict[str, Any] = {"job_id": job_id, "run_id": run_id, "final_metrics": dict(result.metrics or {}),
+                               "best_metrics": best_metrics}
     if spec.tracking.register_model:
-        version = tracker.register_model(run_id, model, spec.registered_model_name)
-        outcome.update(registered_model=spec.registered_model_name, registered_version=version)
-        tracker.set_tags(run_id, {"lesa.registered_model": spec.registered_model_name,
-                                  "lesa.registered_version": version})
+        outcome.update(register_checkpoint(tracker, run_id, spec, checkpoint, spec.registered_model_name))
     return outcome
 
 

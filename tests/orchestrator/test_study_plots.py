@@ -9,10 +9,10 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from PIL import Image
 
-from orchestrator import study_plots
-from orchestrator.ray_backend.tuning import TrialRecord
+from orchestrator.search import plots
+from orchestrator.search.plots import pareto_front, write_study_plots
+from orchestrator.search.summary import TrialRecord
 from orchestrator.spec import load_spec
-from orchestrator.study_plots import pareto_front, write_study_plots
 
 TUNE = Path(__file__).resolve().parents[2] / "jobs" / "quickstart_tune.yaml"
 DISTRIBUTIONS = {
@@ -110,7 +110,7 @@ def test_importances_rank_the_option_that_decides_the_objective():
                                           [1e-4, 3e-4, 6e-4, 1e-3, 2e-3, 3e-3, 5e-3, 7e-3, 9e-3, 4e-4, 8e-4, 1.5e-3],
                                           strict=True)]
     study, _ = _study_and_records(rows)
-    ax = study_plots._importances(study).axes[0]
+    ax = plots._importances(study).axes[0]
     importances = {label.get_text(): bar.get_width() for label, bar in zip(ax.get_yticklabels(), ax.patches,
                                                                             strict=True)}
     assert max(importances, key=importances.get) == "schedule.lr", importances

@@ -31,8 +31,8 @@ def test_trial_spec_applies_values_as_a_plain_unregistered_job():
 
 
 def test_a_trial_actor_imports_neither_the_search_nor_tracking_nor_training_code():
-    heavy = ["mlflow", "optuna", "timm", "lesa_core", "orchestrator.ray_backend.tuning",
-             "orchestrator.ray_backend.train_loop", "orchestrator.tracking"]
+    heavy = ["mlflow", "optuna", "timm", "lesa_core", "orchestrator.ray_backend.tuning", "orchestrator.search",
+             "orchestrator.ray_backend.train_loop", "orchestrator.ray_backend.registration", "orchestrator.tracking"]
     probe = (f"import sys, orchestrator.ray_backend.trial; "
              f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()

@@ -12,7 +12,9 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.sample import Categorical, Float, Integer, LogUniform, Quantized, Uniform
 
-from orchestrator.ray_backend import tuning
+from orchestrator.ray_backend.trial import EPOCHS_KEY
+from orchestrator.search.searcher import build_scheduler, build_searcher, max_concurrent_trials
+from orchestrator.search.space import build_sampler, search_space
 from orchestrator.spec import load_spec
 
 TUNE = Path(__file__).resolve().parents[3] / "jobs" / "quickstart_tune.yaml"
@@ -38,7 +40,7 @@ def _spec(*overrides: str):
 
 
 def test_search_space_gives_tune_domains_by_spec_path():
-    space = tuning.search_space(_spec(EVERY_TYPE).hpo)
+    space = search_space(_spec(EVERY_TYPE).hpo)
     assert isinstance(space["model.lesa.fusion"], Categorical)
     assert space["model.lesa.fusion"].categories == ["gate", "add", "none"]
     qk = space["model.lesa.qk_ratio"]
@@ -53,7 +55,7 @@ def test_search_space_gives_tune_domains_by_spec_path():
 
 
 def test_optuna_sees_the_same_space():
-    distributions = OptunaSearch.convert_search_space(tuning.search_space(_spec(EVERY_TYPE).hpo))
+    distributions = OptunaSearch.convert_search_space(search_space(_spec(EVERY_TYPE).hpo))
     assert distributions == {
         "model.lesa.fusion": CategoricalDistribution(["gate", "add", "none"]),
         "model.lesa.qk_ratio": FloatDistribution(0.25, 1.0),
@@ -67,8 +69,8 @@ def test_optuna_sees_the_same_space():
 def _draws(spec, count: int = 5) -> list[dict]:
     """Params of ``count`` trials a fresh in-memory study asks its sampler for (objective: the lr's closeness to
     1e-3, so model-based samplers have something to follow)."""
-    distributions = OptunaSearch.convert_search_space(tuning.search_space(spec.hpo))
-    study = optuna.create_study(sampler=tuning.build_sampler(spec.hpo), direction="maximize")
+    distributions = OptunaSearch.convert_search_space(search_space(spec.hpo))
+    study = optuna.create_study(sampler=build_sampler(spec.hpo), direction="maximize")
     for _ in range(count):
         trial = study.ask(distributions)
         study.tell(trial, -abs(trial.params["schedule.lr"] - 1e-3))
@@ -82,7 +84,7 @@ def _draws(spec, count: int = 5) -> list[dict]:
 )
 def test_samplers_are_the_chosen_kind_and_seeded(sampler, cls):
     spec = _spec(CONTINUOUS, f"hpo.sampler.type={sampler}", "hpo.sampler.seed=7")
-    assert isinstance(tuning.build_sampler(spec.hpo), cls)
+    assert isinstance(build_sampler(spec.hpo), cls)
     draws = _draws(spec)
     assert draws == _draws(spec)
     assert draws != _draws(_spec(CONTINUOUS, f"hpo.sampler.type={sampler}", "hpo.sampler.seed=8"))
@@ -90,8 +92,8 @@ def test_samplers_are_the_chosen_kind_and_seeded(sampler, cls):
 
 def test_cmaes_samples_jointly_with_the_cmaes_package():
     spec = _spec(CONTINUOUS, "hpo.sampler.type=cmaes")
-    distributions = OptunaSearch.convert_search_space(tuning.search_space(spec.hpo))
-    study = optuna.create_study(sampler=tuning.build_sampler(spec.hpo), direction="maximize")
+    distributions = OptunaSearch.convert_search_space(search_space(spec.hpo))
+    study = optuna.create_study(sampler=build_sampler(spec.hpo), direction="maximize")
     for _ in range(4):
         trial = study.ask(distributions)
         study.tell(trial, -abs(trial.params["schedule.lr"] - 1e-3))
@@ -101,13 +103,13 @@ def test_cmaes_samples_jointly_with_the_cmaes_package():
 
 def test_the_grid_searcher_enumerates_exactly_the_grid(tmp_path):
     spec = _spec(*SMALL_GRID)
-    assert isinstance(tuning.build_sampler(spec.hpo), optuna.samplers.GridSampler)
-    searcher = tuning.build_searcher(spec, "grid-study", f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert isinstance(build_sampler(spec.hpo), optuna.samplers.GridSampler)
+    searcher = build_searcher(spec, "grid-study", f"sqlite:///{tmp_path / 'optuna.db'}")
     seen = []
     for number in range(spec.hpo.num_samples):
         config = searcher.suggest(f"trial-{number}")
         seen.append((config["model.lesa.fusion"], config["model.lesa.unary_kernel"]))
-        searcher.on_trial_complete(f"trial-{number}", {"val/acc1": 0.1 * number, tuning.EPOCHS_KEY: 1})
+        searcher.on_trial_complete(f"trial-{number}", {"val/acc1": 0.1 * number, EPOCHS_KEY: 1})
     assert sorted(seen) == sorted(itertools.product(["gate", "add"], [1, 3, 5]))
     study = optuna.load_study(study_name="grid-study", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.COMPLETE] * 6
@@ -116,7 +118,7 @@ def test_the_grid_searcher_enumerates_exactly_the_grid(tmp_path):
 def test_two_objectives_make_a_multi_objective_study(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     spec = _spec(TWO_OBJECTIVES, "hpo.sampler.type=random")
-    searcher = tuning.build_searcher(spec, "pareto", storage)
+    searcher = build_searcher(spec, "pareto", storage)
     for number, (acc, speed) in enumerate([(0.5, 100.0), (0.6, 50.0), (0.4, 40.0)]):
         searcher.suggest(f"t{number}")
         searcher.on_trial_complete(f"t{number}", {"val/acc1": acc, "train/images_per_sec": speed})
@@ -144,29 +146,29 @@ def test_two_objectives_make_a_multi_objective_study(tmp_path):
     ],
 )
 def test_max_concurrent_trials(overrides, cluster, expected):
-    assert tuning.max_concurrent_trials(_spec(*overrides), cluster) == expected
+    assert max_concurrent_trials(_spec(*overrides), cluster) == expected
 
 
 def test_asha_counts_epochs_on_the_first_objective():
-    scheduler = tuning.build_scheduler(_spec("schedule.epochs=9", "hpo.scheduler.grace_period=2",
+    scheduler = build_scheduler(_spec("schedule.epochs=9", "hpo.scheduler.grace_period=2",
                                              "hpo.scheduler.reduction_factor=3"))
     assert isinstance(scheduler, ASHAScheduler)
-    assert (scheduler._time_attr, scheduler._metric, scheduler._mode) == (tuning.EPOCHS_KEY, "val/acc1", "max")
+    assert (scheduler._time_attr, scheduler._metric, scheduler._mode) == (EPOCHS_KEY, "val/acc1", "max")
     assert (scheduler._max_t, scheduler._reduction_factor) == (9, 3.0)
     assert min(milestone for milestone, _ in scheduler._brackets[0]._rungs) == 2  # the grace period
-    capped = tuning.build_scheduler(_spec("schedule.epochs=9", "hpo.scheduler.max_epochs=6",
+    capped = build_scheduler(_spec("schedule.epochs=9", "hpo.scheduler.max_epochs=6",
                                           "hpo.objectives=[{metric: val/loss, mode: min}, {metric: val/acc1}]"))
     assert (capped._max_t, capped._metric, capped._mode) == (6, "val/loss", "min")
 
 
 def test_fifo_runs_every_trial_to_the_end():
-    scheduler = tuning.build_scheduler(_spec("hpo.scheduler.type=fifo"))
+    scheduler = build_scheduler(_spec("hpo.scheduler.type=fifo"))
     assert isinstance(scheduler, FIFOScheduler) and not isinstance(scheduler, ASHAScheduler)
 
 
 def test_the_imagenet_search_runs_as_many_4_gpu_trials_as_fit(monkeypatch):
     monkeypatch.setenv("IMAGENET_ROOT", "/data/imagenet")
     spec = load_spec(TUNE.parent / "tune_lesa_fusion.yaml")
-    assert tuning.max_concurrent_trials(spec, {"CPU": 128.0, "GPU": 16.0}) == 4  # 4 x (4 GPUs, 32 CPUs)
-    assert tuning.max_concurrent_trials(spec, {"CPU": 96.0, "GPU": 16.0}) == 3
-    assert tuning.max_concurrent_trials(spec, {"CPU": 64.0, "GPU": 8.0}) == 2
+    assert max_concurrent_trials(spec, {"CPU": 128.0, "GPU": 16.0}) == 4  # 4 x (4 GPUs, 32 CPUs)
+    assert max_concurrent_trials(spec, {"CPU": 96.0, "GPU": 16.0}) == 3
+    assert max_concurrent_trials(spec, {"CPU": 64.0, "GPU": 8.0}) == 2

@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 from matplotlib.figure import Figure
 
-from .spec import JobSpec
+from ..spec import JobSpec
 
 _OUTCOME_COLOURS = {"completed": "#1f77b4", "stopped_early": "#ff7f0e", "failed": "#d62728"}
 
