@@ -35,13 +35,12 @@ from pathlib import Path
 
 import torch
 from report import RESULTS_DIR, write_report
-from torch import nn
 
 from lesa_core.data.synthetic import write_imagenet_dataset
-from lesa_core.engine import classification
+from lesa_core.tasks import build_task
 from orchestrator import service
 from orchestrator.ray_backend import jobs as ray_jobs
-from orchestrator.ray_backend.train_loop import build_task, spec_lr_scheduler, spec_optimizer
+from orchestrator.ray_backend.train_loop import task_config
 from orchestrator.spec import load_spec
 
 JOB = Path(__file__).resolve().parents[1] / "jobs" / "quickstart_imagenet.yaml"
@@ -57,17 +56,12 @@ def bare_epoch_seconds(root: str, epochs: int) -> list[float]:
     """The engine loop alone (train + evaluate per epoch) on the job's data, model, optimizer and schedule."""
     spec = load_spec(JOB, _overrides(Path(root), epochs))
     torch.set_num_threads(1)
-    torch.manual_seed(spec.schedule.seed)
-    task = build_task(spec)
-    model, train_loader, val_loader = task.model, task.train_loader, task.val_loader
-    optimizer = spec_optimizer(spec, model)
-    scheduler = spec_lr_scheduler(spec, optimizer, len(train_loader))
+    task = build_task(task_config(spec))
     seconds = []
     for epoch in range(epochs):
         start = time.perf_counter()
-        classification.train_one_epoch(model, train_loader, optimizer, scheduler, device="cpu", amp=False,
-                                       criterion=nn.CrossEntropyLoss(), epoch=epoch)
-        classification.evaluate(model, val_loader, device="cpu", amp=False)
+        task.train_one_epoch(epoch)
+        task.evaluate()
         seconds.append(time.perf_counter() - start)
     return seconds
 

@@ -12,28 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .data.imagenet import ImageNetDataset, create_imagenet_transforms, find_classes, resolve_imagenet_data_config
-from .engine.checkpoint import CHECKPOINT_FORMAT, load_model_state, read_checkpoint_file
+from .engine.checkpoint import load_weights, read_weights
 from .engine.classification import create_classification_model, evaluate
-
-
-def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(model state dict, extra run info) from a lesa_core checkpoint, a ``{"state_dict": ...}`` file or a bare
-    state dict."""
-    loaded = read_checkpoint_file(path)
-    if not isinstance(loaded, dict):
-        raise ValueError(f"{path}: not a checkpoint or state dict (a {type(loaded).__name__})")
-    if loaded.get("format") == CHECKPOINT_FORMAT:
-        return loaded["model"], loaded["extra"]
-    if isinstance(loaded.get("state_dict"), dict):
-        return loaded["state_dict"], {}
-    return loaded, {}
 
 
 def evaluate_checkpoint(
@@ -46,10 +32,10 @@ def evaluate_checkpoint(
     """
     state_dict, extra = read_weights(checkpoint)
     classes = extra.get("classes") or find_classes(data)
-    img_size = img_size or extra.get("recipe", {}).get("img_size")
+    img_size = img_size or extra.get("img_size")
     model = create_classification_model(model_name, num_classes=len(classes), device=device, img_size=img_size,
                                         amp=amp)
-    load_model_state(model, state_dict, source=checkpoint)
+    load_weights(model, state_dict, name=str(checkpoint))
     _, eval_transform = create_imagenet_transforms(resolve_imagenet_data_config(model, img_size))
     dataset = ImageNetDataset(data, "val", transform=eval_transform, classes=classes, val_labels=val_labels)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.startswith("cuda"))

@@ -20,12 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torchvision.transforms.functional as TF
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from .sharding import distributed_rank_and_world_size
 
 logger = logging.getLogger(__name__)
 
@@ -423,10 +424,11 @@ def build_coco_loader(
 ) -> DataLoader:
     """A DataLoader of (images, targets) lists over ``dataset``, sharded when torch.distributed is initialised.
 
-    Under DDP each rank gets a ``DistributedSampler`` shard (evaluation shards are padded with repeated
-    images, which :class:`~lesa_core.metrics.coco_eval.CocoEvaluator` de-duplicates by image id). Its
-    batch sampler is always a :class:`GroupedBatchSampler` (one group when grouping is off): call
-    ``loader.batch_sampler.set_epoch(epoch)`` every epoch. Under Ray Train, do not let
+    The order is a function of (seed, epoch) only: a ``DistributedSampler`` (one replica without a process
+    group) inside a :class:`GroupedBatchSampler` (one group when grouping is off), reshuffled by
+    ``loader.batch_sampler.set_epoch(epoch)``, which the engine calls every epoch. Under DDP each rank reads
+    its shard (evaluation shards are padded with repeated images, which
+    :class:`~lesa_core.metrics.coco_eval.CocoEvaluator` de-duplicates by image id). Under Ray Train, do not let
     ``prepare_data_loader`` add a second distributed sampler (``add_dist_sampler=False``).
 
     Args:
@@ -437,13 +439,9 @@ def build_coco_loader(
         aspect_ratio_grouping: batch landscape and portrait images separately.
         seed: shuffling and worker seeds.
     """
-    if dist.is_available() and dist.is_initialized():
-        sampler: Sampler[int] = DistributedSampler(dataset, shuffle=train, seed=seed)
-        rank = dist.get_rank()
-    else:
-        generator = torch.Generator().manual_seed(seed)
-        sampler = RandomSampler(dataset, generator=generator) if train else SequentialSampler(dataset)
-        rank = 0
+    rank, world_size = distributed_rank_and_world_size()
+    # one replica without a process group: the order is a function of (seed, epoch) however the run is launched
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed)
     group_ids = dataset.orientation_groups() if aspect_ratio_grouping else [0] * len(dataset)
     return DataLoader(
         dataset,

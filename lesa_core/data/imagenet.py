@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from PIL import Image
 from timm.data import Mixup, create_transform, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from .sharding import distributed_rank_and_world_size
 
 logger = logging.getLogger(__name__)
 
@@ -248,13 +249,6 @@ class EvalShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
-
-
-def distributed_rank_and_world_size() -> tuple[int, int]:
-    """(rank, world size) of the initialised process group, (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def build_imagenet_loaders(

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from timm.layers import freeze_batch_norm_2d
 from torch import nn
 from torchvision.models.detection import MaskRCNN
@@ -23,8 +22,9 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from ..engine.checkpoint import load_weights
 from ..layers import LesaAttention
-from ..models import MODEL_CFGS, LesaResNet, from_official, with_detection_strides
+from ..models import MODEL_CFGS, LesaResNet, with_detection_strides
 
 logger = logging.getLogger(__name__)
 
@@ -35,16 +35,6 @@ _POSITION_DEPENDENT = ("context_term.rel_", "context_term.sim_bn.", "context_ter
 _TRAINABLE_ORDER = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 
-def _checkpoint_state_dict(checkpoint: Mapping[str, Any], source: str) -> dict[str, torch.Tensor]:
-    """Our training checkpoints ({"model": ...}), official ones ({"net": ...}) or a bare state dict."""
-    state_dict = checkpoint.get("model", checkpoint.get("state_dict", checkpoint))
-    if not isinstance(state_dict, Mapping) or not state_dict:
-        raise ValueError(f"{source}: not a checkpoint or state dict")
-    if "net" in state_dict or any("qkv_transform" in key for key in state_dict):
-        return from_official(state_dict)
-    return {key.removeprefix("module."): value for key, value in state_dict.items()}
-
-
 def load_backbone_weights(backbone: LesaResNet, checkpoint: Mapping[str, Any] | str | Path) -> None:
     """Loads an ImageNet classification checkpoint into ``backbone`` (the classifier is dropped).
 
@@ -52,32 +42,12 @@ def load_backbone_weights(backbone: LesaResNet, checkpoint: Mapping[str, Any] | 
     ``pos_embed`` or size) keep their fresh initialisation, and a log line names them. Any other
     missing or mis-shaped weight means another architecture: ValueError naming the keys.
     """
-    source = str(checkpoint) if isinstance(checkpoint, str | Path) else "checkpoint"
-    if isinstance(checkpoint, str | Path):
-        if not Path(checkpoint).is_file():
-            raise FileNotFoundError(f"backbone_weights: no checkpoint file at {checkpoint}")
-        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    incoming = _checkpoint_state_dict(checkpoint, source)
-    own = backbone.state_dict()
-    loadable, reinitialised, wrong = {}, [], []
-    for key, target in own.items():
-        value = incoming.get(key)
-        if value is not None and value.shape == target.shape:
-            loadable[key] = value
-        elif any(part in key for part in _POSITION_DEPENDENT):
-            reinitialised.append(key)
-        else:
-            wrong.append(key if value is None else f"{key} {tuple(value.shape)} != {tuple(target.shape)}")
-    if wrong:
-        shown = ", ".join(wrong[:3]) + (f" (+{len(wrong) - 3} more)" if len(wrong) > 3 else "")
-        raise ValueError(f"{source}: does not fit the {type(backbone).__name__} backbone: {shown}")
-    backbone.load_state_dict(loadable, strict=False)
-    if reinitialised:
-        parts = sorted({key.split(".context_term.")[1] for key in reinitialised})
-        logger.info(
-            "backbone_weights %s: %d position-dependent tensors did not fit and keep their initialisation (%s)",
-            source, len(reinitialised), ", ".join(parts),
-        )
+    if isinstance(checkpoint, str | Path) and not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"backbone_weights: no checkpoint file at {checkpoint}")
+    report = load_weights(backbone, checkpoint, keep_init=lambda key: any(part in key for part in _POSITION_DEPENDENT),
+                          skip_unexpected=True)
+    logger.info("backbone_weights %s: %s", checkpoint if isinstance(checkpoint, str | Path) else "checkpoint",
+                report.summary())
 
 
 def lesa_resnet_fpn_backbone(

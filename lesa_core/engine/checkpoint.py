@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from ..models.convert import from_official
 
 CHECKPOINT_FORMAT = "lesa_core.checkpoint/1"
 
@@ -115,28 +119,6 @@ def _strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str,
     return state_dict
 
 
-def load_model_state(model: nn.Module, state_dict: dict[str, torch.Tensor], *, source: str | Path) -> None:
-    """Load ``state_dict`` into ``model`` strictly, after stripping a DDP ``module.`` or compile prefix.
-
-    Raises:
-        ValueError: the keys or shapes differ (another architecture or class count); the message names
-            ``source`` and the first mismatched keys.
-    """
-    state_dict = _strip_prefix(_strip_prefix(state_dict, "module."), "_orig_mod.")
-    target = unwrap_model(model)
-    expected = target.state_dict()
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
-    reshaped = [f"{key} {tuple(state_dict[key].shape)} vs {tuple(value.shape)}" for key, value in expected.items()
-                if key in state_dict and state_dict[key].shape != value.shape]
-    if missing or unexpected or reshaped:
-        problems = [f"{label} {items[:3]}{' ...' if len(items) > 3 else ''} ({len(items)})"
-                    for label, items in (("missing", missing), ("unexpected", unexpected),
-                                         ("shape mismatch (checkpoint vs model)", reshaped)) if items]
-        raise ValueError(f"{source}: weights do not fit {type(target).__name__}: {'; '.join(problems)}")
-    target.load_state_dict(state_dict)
-
-
 def read_checkpoint_file(path: str | Path) -> Any:
     """``torch.load`` of ``path`` on the CPU with ``weights_only=True``.
 
@@ -152,6 +134,101 @@ def read_checkpoint_file(path: str | Path) -> Any:
     except Exception as error:  # the unpickler raises many types on a foreign file; all mean "not a checkpoint"
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"{path}: not a readable torch checkpoint ({first_line})") from error
+
+
+def read_weights(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(model state dict, extra run info) from any weights this project meets.
+
+    ``source`` is a file or its loaded contents: a :func:`save_checkpoint` file (its ``extra`` comes back), a
+    ``{"model": ...}`` or ``{"state_dict": ...}`` dict, an official LESA checkpoint (``{"net": ...}`` or official
+    layer names; converted by :func:`lesa_core.models.convert.from_official`) or a bare state dict. DataParallel /
+    DDP ``module.`` and ``torch.compile`` ``_orig_mod.`` prefixes are stripped.
+    """
+    name = str(source) if isinstance(source, str | Path) else "checkpoint"
+    loaded = read_checkpoint_file(source) if isinstance(source, str | Path) else source
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"{name}: not a checkpoint or state dict (a {type(loaded).__name__})")
+    extra: dict[str, Any] = {}
+    if loaded.get("format") == CHECKPOINT_FORMAT:
+        state_dict, extra = loaded["model"], dict(loaded["extra"])
+    elif isinstance(loaded.get("net"), Mapping) or any("qkv_transform" in str(key) for key in loaded):
+        state_dict, extra = from_official(loaded), {"source_format": "official"}
+    else:
+        nested = next((loaded[key] for key in ("model", "state_dict") if isinstance(loaded.get(key), Mapping)), None)
+        state_dict = dict(nested if nested is not None else loaded)
+    if not state_dict or not all(torch.is_tensor(value) for value in state_dict.values()):
+        raise ValueError(f"{name}: holds no state dict of tensors")
+    return _strip_prefix(_strip_prefix(state_dict, "module."), "_orig_mod."), extra
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What :func:`load_weights` did, by state-dict key."""
+
+    loaded: tuple[str, ...]
+    kept_init: tuple[str, ...]  # the model's own keys the weights lacked or did not fit, left as initialised
+    skipped: tuple[str, ...]  # keys of the weights the model has no place for
+
+    def summary(self) -> str:
+        """``loaded N, kept initialisation M (a, b, ...), skipped K``: one log line."""
+        kept = f" ({_shown(self.kept_init)})" if self.kept_init else ""
+        return (f"loaded {len(self.loaded)}, kept initialisation {len(self.kept_init)}{kept}, "
+                f"skipped {len(self.skipped)}")
+
+
+def _shown(keys: Sequence[str], limit: int = 3) -> str:
+    return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_weights(
+    model: nn.Module,
+    source: str | Path | Mapping[str, Any],
+    *,
+    keep_init: Callable[[str], bool] | None = None,
+    skip_unexpected: bool = False,
+    name: str | None = None,
+) -> LoadReport:
+    """Load weights (anything :func:`read_weights` reads) into ``model``: the one state-dict loader.
+
+    Strict by default: every key of the model must come with the right shape and nothing else may come.
+
+    Args:
+        model: receives the weights (DDP and ``torch.compile`` wrappers are unwrapped).
+        source: a file, or its loaded contents.
+        keep_init: model keys for which this is true may be missing or mis-shaped and keep their initialisation
+            (e.g. position tables sized for another input).
+        skip_unexpected: ignore keys the model has no place for (e.g. a classifier head under a backbone).
+        name: what error messages call ``source`` (default: its path, or "checkpoint").
+
+    Raises:
+        ValueError: the weights do not fit; the message names ``source`` and the first missing, unexpected and
+            mis-shaped keys.
+    """
+    name = name or (str(source) if isinstance(source, str | Path) else "checkpoint")
+    state_dict, extra = read_weights(source)
+    target = unwrap_model(model)
+    expected = target.state_dict()
+    loadable, kept, missing, reshaped = {}, [], [], []
+    for key, value in expected.items():
+        given = state_dict.get(key)
+        if given is not None and given.shape == value.shape:
+            loadable[key] = given
+        elif keep_init is not None and keep_init(key):
+            kept.append(key)
+        elif given is None:
+            missing.append(key)
+        else:
+            reshaped.append(f"{key} {tuple(given.shape)} vs {tuple(value.shape)}")
+    unexpected = [key for key in state_dict if key not in expected]
+    problems = [f"{label} {_shown(items)}" for label, items in (
+        ("missing", missing), ("unexpected", [] if skip_unexpected else unexpected),
+        ("shape mismatch (checkpoint vs model)", reshaped)) if items]
+    if problems:
+        hint = (" (an official checkpoint: build the model with its architecture and pos_embed='flat1d', "
+                "sim_norm='bn', fusion='gate')" if extra.get("source_format") == "official" else "")
+        raise ValueError(f"{name}: weights do not fit {type(target).__name__}: {'; '.join(problems)}{hint}")
+    target.load_state_dict(loadable, strict=not kept)
+    return LoadReport(tuple(loadable), tuple(kept), tuple(unexpected))
 
 
 def load_checkpoint(
@@ -182,7 +259,7 @@ def load_checkpoint(
     checkpoint = read_checkpoint_file(path)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint (written by lesa_core.engine.checkpoint)")
-    load_model_state(model, checkpoint["model"], source=path)
+    load_weights(model, checkpoint, name=str(path))
     for name, stateful in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler), ("ema", ema)):
         if stateful is not None and checkpoint[name] is not None:
             stateful.load_state_dict(checkpoint[name])

@@ -1,35 +1,38 @@
-"""train_one_epoch / evaluate for Mask R-CNN: pure torch, no Ray or MLflow; callers observe via ``on_step``.
+"""Mask R-CNN training and COCO evaluation: pure torch, no Ray or MLflow; callers observe via ``on_step``.
 
-Batches are ``(images, targets)`` lists as :func:`lesa_core.data.coco.collate_fn` makes them. The
-scheduler is a timm scheduler stepped per iteration (``step_update``), so warmup and step or cosine
-decay follow the iteration count.
+Batches are ``(images, targets)`` lists as :func:`lesa_core.data.coco.collate_fn` makes them. ``train_one_epoch``
+is the shared epoch loop (:func:`lesa_core.engine.loop.run_epoch`) with the detector's summed loss terms, so it
+has the classification engine's signature and meaning of a step, and reports each term as ``train/<term>``.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..metrics.coco_eval import CocoEvaluator
-
-StepCallback = Callable[[int, dict[str, float]], None]
-
-
-def _autocast(device: torch.device, amp: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
+from ..metrics.names import IOU_TYPES
+from .loop import OnStep, autocast, run_epoch
 
 
 def _to_device(images: list[torch.Tensor], targets: list[dict[str, Any]], device: torch.device):
     images = [image.to(device, non_blocking=True) for image in images]
     targets = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
     return images, targets
+
+
+def detection_loss(model: nn.Module, batch: Any, device: torch.device, amp: bool):
+    """An (images, targets) batch -> (summed loss, the detector's loss terms, images), or None if it is empty."""
+    images, targets = batch
+    if not images:  # every sample of the batch was unreadable and skipped by the dataset
+        return None
+    images, targets = _to_device(images, targets, device)
+    with autocast(device, amp):
+        loss_parts = model(images, targets)
+    return sum(loss_parts.values()), loss_parts, len(images)
 
 
 def train_one_epoch(
@@ -40,55 +43,24 @@ def train_one_epoch(
     *,
     device: torch.device | str,
     amp: bool = False,
-    on_step: StepCallback | None = None,
     epoch: int = 0,
+    on_step: OnStep | None = None,
+    grad_accum_steps: int = 1,
     grad_clip: float | None = None,
+    ema: Any | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns epoch means as ``train/loss``, ``train/loss_<part>``, ``train/lr``,
-    ``train/images_per_sec`` and ``epoch``.
+    """One pass over ``loader``; the arguments mean what they mean for the classification engine.
+
+    Returns:
+        Epoch means of ``train/loss`` and ``train/loss_<term>``, ``train/lr``, ``train/images_per_sec``, ``epoch``.
 
     Raises:
-        FloatingPointError: a non-finite loss, naming the epoch, the step and every loss part.
+        FloatingPointError: a non-finite loss, naming the epoch, the step and every loss term.
     """
-    device = torch.device(device)
-    model.train()
-    steps_per_epoch = len(loader) if hasattr(loader, "__len__") else 0
-    sums: dict[str, float] = defaultdict(float)
-    images_seen, steps = 0, 0
-    start = time.perf_counter()
-    for step, (images, targets) in enumerate(loader):
-        if not images:  # every sample of the batch was unreadable and skipped by the dataset
-            continue
-        images, targets = _to_device(images, targets, device)
-        with _autocast(device, amp):
-            loss_parts = model(images, targets)
-        loss = sum(loss_parts.values())
-        if not math.isfinite(loss.item()):
-            parts = ", ".join(f"{name}={value.item():.4g}" for name, value in loss_parts.items())
-            raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step}: {parts}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step_update(num_updates=epoch * steps_per_epoch + step + 1)
-
-        steps += 1
-        images_seen += len(images)
-        step_metrics = {"train/loss": loss.item(), "train/lr": optimizer.param_groups[0]["lr"]}
-        step_metrics.update({f"train/{name}": value.item() for name, value in loss_parts.items()})
-        for name, value in step_metrics.items():
-            sums[name] += value
-        if on_step is not None:
-            on_step(step, step_metrics)
-    if steps == 0:
-        raise ValueError(f"epoch {epoch}: the loader gave no usable batch")
-    metrics = {name: total / steps for name, total in sums.items()}
-    metrics["train/lr"] = optimizer.param_groups[0]["lr"]
-    metrics["train/images_per_sec"] = images_seen / (time.perf_counter() - start)
-    metrics["epoch"] = float(epoch)
-    return metrics
+    return run_epoch(model, loader, optimizer, scheduler, batch_loss=detection_loss, device=device, amp=amp,
+                     epoch=epoch, on_step=on_step, grad_accum_steps=grad_accum_steps, grad_clip=grad_clip, ema=ema,
+                     scaler=scaler)
 
 
 @torch.no_grad()
@@ -98,8 +70,7 @@ def evaluate(
     *,
     device: torch.device | str,
     amp: bool = False,
-    iou_types: tuple[str, ...] = ("bbox", "segm"),
-    on_step: StepCallback | None = None,
+    iou_types: tuple[str, ...] = IOU_TYPES,
 ) -> dict[str, float]:
     """COCO evaluation of ``model`` on ``loader`` (its dataset a :class:`~lesa_core.data.coco.CocoInstances`).
 
@@ -107,20 +78,20 @@ def evaluate(
     Returns ``coco/bbox_mAP``, ``coco/bbox_mAP_50``, ... and the same for ``segm``, on a 0..1 scale.
     """
     device = torch.device(device)
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
     model.eval()
     dataset = loader.dataset
     evaluator = CocoEvaluator(dataset.coco, iou_types=iou_types, label_to_cat_id=dataset.label_to_cat_id)
-    for step, (images, targets) in enumerate(loader):
+    for images, targets in loader:
         if not images:
             continue
         images = [image.to(device, non_blocking=True) for image in images]
-        with _autocast(device, amp):
+        with autocast(device, amp):
             outputs = model(images)
         evaluator.update({
             int(target["image_id"]): {k: v.float().cpu() for k, v in output.items()}
             for target, output in zip(targets, outputs, strict=True)
         })
-        if on_step is not None:
-            on_step(step, {})
     evaluator.synchronize_between_processes()
     return evaluator.summarize()

@@ -1,6 +1,6 @@
 """LESA-ResNet models; importing this registers them with timm."""
 
-from .convert import from_official, load_official
+from .convert import from_official
 from .registry import LESA_MODEL_NAMES, MODEL_CFGS
 from .resnet import Bottleneck, LesaResNet, LesaResNetCfg, with_detection_strides
 
@@ -11,6 +11,5 @@ __all__ = [
     "LesaResNet",
     "LesaResNetCfg",
     "from_official",
-    "load_official",
     "with_detection_strides",
 ]

@@ -13,7 +13,6 @@ import re
 from collections.abc import Mapping
 
 import torch
-from torch import nn
 
 # official sub-key inside a LESA layer -> ours
 _LESA_KEY_MAP: dict[str, str] = {
@@ -56,7 +55,7 @@ def from_official(checkpoint: Mapping[str, object]) -> dict[str, torch.Tensor]:
     """Maps an official checkpoint (``{"net": ...}`` or a state dict) to LesaResNet keys and shapes.
 
     ``model.load_state_dict(from_official(checkpoint))`` then loads strictly into a model built in the
-    official configuration; :func:`load_official` does that with a readable error.
+    official configuration; :func:`lesa_core.engine.checkpoint.load_weights` does that with a readable error.
     """
     converted: dict[str, torch.Tensor] = {}
     for key, value in unwrap_official_checkpoint(checkpoint).items():
@@ -71,32 +70,3 @@ def from_official(checkpoint: Mapping[str, object]) -> dict[str, torch.Tensor]:
         else:
             converted[key] = value
     return converted
-
-
-def load_official(model: nn.Module, checkpoint: Mapping[str, object]) -> nn.Module:
-    """Loads an official LESA checkpoint into ``model`` strictly; returns the model.
-
-    Build the model in the official configuration first, e.g.
-    ``timm.create_model("lesa_resnet50", pos_embed="flat1d", sim_norm="bn", fusion="gate")``.
-
-    Raises:
-        ValueError: the checkpoint does not fit the model (another architecture or options); the
-            message names the first missing, unexpected and mis-shaped keys.
-    """
-    converted = from_official(checkpoint)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(converted))
-    unexpected = sorted(set(converted) - set(own))
-    mis_shaped = sorted(k for k in set(own) & set(converted) if own[k].shape != converted[k].shape)
-    if missing or unexpected or mis_shaped:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mis_shaped)):
-            if keys:
-                shown = ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
-                parts.append(f"{label}: {shown}")
-        raise ValueError(
-            f"official checkpoint does not fit {type(model).__name__} ({'; '.join(parts)}); build the model "
-            "with the checkpoint's architecture and pos_embed='flat1d', sim_norm='bn', fusion='gate'"
-        )
-    model.load_state_dict(converted, strict=True)
-    return model

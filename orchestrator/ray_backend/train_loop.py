@@ -1,4 +1,4 @@
-"""What every Ray Train worker runs: a job spec turned into lesa_core data, model and engine calls.
+"""What every Ray Train worker runs: a job spec turned into a ``lesa_core.tasks`` run, plus Ray and MLflow.
 
 Under DDP (gloo on CPU, NCCL on GPU, set up by Ray Train) each worker trains on its shard; rank 0 logs
 the epoch's metrics to MLflow and saves the checkpoint that ``ray.train.report`` hands to Ray Train. Every
@@ -11,23 +11,18 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
 import ray.train
 import ray.train.torch
-import timm
-import torch
 from torch import nn
 
-from lesa_core.data.coco import CocoInstances, build_coco_loader, build_coco_transforms
-from lesa_core.data.imagenet import build_imagenet_loaders, resolve_imagenet_data_config
-from lesa_core.detection.mask_rcnn import light_heads, maskrcnn_lesa_fpn
-from lesa_core.engine import classification, detection
-from lesa_core.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap_model
-from lesa_core.engine.schedule import build_lr_scheduler
+from lesa_core import tasks
+from lesa_core.engine.checkpoint import load_checkpoint, save_checkpoint
+from lesa_core.engine.optim import OptimConfig
+from lesa_core.tasks import DataConfig, DetectorConfig, ModelConfig, TaskConfig, build_task
 
 from ..spec import JobSpec, parse_spec
 from ..tracking import Tracker
@@ -36,86 +31,29 @@ from .metrics import TrainingMetrics
 CHECKPOINT_FILE = "checkpoint.pth"
 
 
+def task_config(spec: JobSpec) -> TaskConfig:
+    """The spec as lesa_core's plain task config (what ``python -m lesa_core.train`` also runs)."""
+    model, data, schedule = spec.model, spec.data, spec.schedule
+    optim = OptimConfig(
+        epochs=schedule.epochs, optimizer=schedule.optimizer, lr=schedule.lr,
+        lr_reference_batch=schedule.lr_reference_batch, momentum=schedule.momentum, nesterov=schedule.nesterov,
+        weight_decay=schedule.weight_decay, warmup_epochs=schedule.warmup_epochs, decay=schedule.decay,
+        milestones=tuple(schedule.milestones), gamma=schedule.gamma, grad_clip=schedule.grad_clip,
+    )
+    return TaskConfig(
+        task=spec.task,
+        model=ModelConfig(arch=model.arch, img_size=model.img_size, pretrained=model.pretrained,
+                          lesa=model.lesa.model_dump(), detector=DetectorConfig(**model.detector.model_dump())),
+        data=DataConfig(root=data.root, batch_size=schedule.batch_size_per_worker, workers=data.workers,
+                        train_split=data.train_split, val_split=data.val_split, img_size=data.img_size,
+                        crop_scale=tuple(data.crop_scale), auto_augment=data.auto_augment),
+        optim=optim, eval_every=spec.eval.every_epochs, amp=schedule.amp, seed=schedule.seed,
+    )
+
+
 def build_model(spec: JobSpec, num_classes: int) -> nn.Module:
-    """The spec's model: a timm LESA classifier or a Mask R-CNN (``num_classes`` counts the background)."""
-    lesa = spec.model.lesa.model_dump()
-    if spec.task == "classification":
-        return timm.create_model(spec.model.arch, num_classes=num_classes, img_size=spec.model.img_size, **lesa)
-    detector = spec.model.detector
-    heads = {}
-    if detector.light_heads:
-        heads = light_heads(detector.fpn_channels, num_classes, **detector.light_head_widths())
-    return maskrcnn_lesa_fpn(
-        spec.model.arch, num_classes=num_classes, backbone_weights=spec.model.pretrained,
-        trainable_backbone_layers=detector.trainable_backbone_layers, min_size=detector.min_size,
-        max_size=detector.max_size, fpn_channels=detector.fpn_channels, img_size=spec.model.img_size, **lesa, **heads,
-        **detector.maskrcnn_kwargs(),
-    )
-
-
-@dataclass
-class Task:
-    """The pieces one task needs in the epoch loop."""
-
-    model: nn.Module
-    train_loader: Any
-    val_loader: Any
-    num_classes: int
-    extra: dict[str, Any]
-
-
-def _classification_task(spec: JobSpec) -> Task:
-    probe = timm.create_model(spec.model.arch, num_classes=0, img_size=spec.model.img_size,
-                              **spec.model.lesa.model_dump())
-    train_loader, val_loader = build_imagenet_loaders(
-        spec.data.root, data_config=resolve_imagenet_data_config(probe, spec.data.img_size),
-        batch_size=spec.schedule.batch_size_per_worker, num_workers=spec.data.workers, seed=spec.schedule.seed,
-        crop_scale=spec.data.crop_scale, auto_augment=spec.data.auto_augment,
-    )
-    classes = train_loader.dataset.classes
-    return Task(build_model(spec, len(classes)), train_loader, val_loader, len(classes), {"classes": list(classes)})
-
-
-def _detection_task(spec: JobSpec) -> Task:
-    train_set = CocoInstances(spec.data.root, spec.data.train_split or "train", train=True,
-                              transforms=build_coco_transforms(train=True))
-    val_set = CocoInstances(spec.data.root, spec.data.val_split or "val", train=False)
-    batch = spec.schedule.batch_size_per_worker
-    train_loader = build_coco_loader(train_set, batch_size=batch, train=True, workers=spec.data.workers,
-                                     seed=spec.schedule.seed)
-    val_loader = build_coco_loader(val_set, batch_size=batch, train=False, workers=spec.data.workers,
-                                   aspect_ratio_grouping=False)
-    extra = {"class_names": list(train_set.class_names), "label_to_cat_id": train_set.label_to_cat_id}
-    return Task(build_model(spec, train_set.num_classes), train_loader, val_loader, train_set.num_classes, extra)
-
-
-def build_task(spec: JobSpec) -> Task:
-    """The spec's data loaders and model (classification or detection), before any Ray Train wrapping."""
-    return _detection_task(spec) if spec.task == "detection" else _classification_task(spec)
-
-
-def spec_optimizer(spec: JobSpec, model: nn.Module) -> torch.optim.Optimizer:
-    """The spec's optimizer (AdamW or SGD) over the trainable parameters at the scaled learning rate."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    schedule = spec.schedule
-    if schedule.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=spec.scaled_lr, weight_decay=schedule.weight_decay)
-    return torch.optim.SGD(params, lr=spec.scaled_lr, momentum=schedule.momentum, nesterov=schedule.nesterov,
-                           weight_decay=schedule.weight_decay)
-
-
-def spec_lr_scheduler(spec: JobSpec, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Any:
-    """The spec's per-step schedule (warmup, then cosine or steps) for ``optimizer``."""
-    schedule = spec.schedule
-    return build_lr_scheduler(optimizer, epochs=schedule.epochs, steps_per_epoch=steps_per_epoch,
-                              decay=schedule.decay, warmup_epochs=schedule.warmup_epochs,
-                              milestones=schedule.milestones, gamma=schedule.gamma)
-
-
-def _set_epoch(loader: Any, epoch: int) -> None:
-    for holder in (loader.sampler, loader.batch_sampler):
-        if hasattr(holder, "set_epoch"):
-            holder.set_epoch(epoch)
+    """The spec's network (``num_classes`` as its checkpoint recorded it)."""
+    return tasks.build_model(task_config(spec), num_classes)
 
 
 def _has_checkpoint_file(filesystem: pyarrow.fs.FileSystem, folder: str) -> bool:
@@ -161,18 +99,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     device = ray.train.torch.get_device()
-    torch.manual_seed(spec.schedule.seed)
-    task = build_task(spec)
-    model = ray.train.torch.prepare_model(task.model)
-    optimizer = spec_optimizer(spec, model)
-    scheduler = spec_lr_scheduler(spec, optimizer, len(task.train_loader))
+    task = build_task(task_config(spec), device=device, prepare_model=ray.train.torch.prepare_model)
     start_epoch, last_eval = 0, {}
     run_name = config.get("run_name", config["job_id"])  # a search names each trial's run
     checkpoint = restore_point(ray.train.get_checkpoint(), spec.storage.path, run_name)
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            state = load_checkpoint(Path(directory) / CHECKPOINT_FILE, model=unwrap_model(model),
-                                    optimizer=optimizer, scheduler=scheduler)
+            state = load_checkpoint(Path(directory) / CHECKPOINT_FILE, model=task.model, optimizer=task.optimizer,
+                                    scheduler=task.scheduler)
         start_epoch = state["epoch"]  # finished epochs
         last_eval = state.get("extra", {}).get("eval_metrics", {})
         if rank == 0:
@@ -184,7 +118,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             run_id = tracker.start_trial_run(spec, config["job_id"], config["parent_run_id"], config["trial_id"])
     if rank == 0:
         print(f"lesa-orch: training on {context.get_world_size()} worker(s), device {device}", flush=True)
-    amp = spec.schedule.amp and device.type == "cuda"
     live_metrics = TrainingMetrics(config["job_id"], config.get("trial_id", ""), rank, device)
 
     first_step_at = time.time()  # when training starts: a search's per-trial start-up cost ends here
@@ -192,20 +125,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report({**last_eval, "epoch": float(start_epoch - 1), "epochs_completed": start_epoch,
                           "first_step_at": first_step_at})
     for epoch in range(start_epoch, spec.schedule.epochs):
-        _set_epoch(task.train_loader, epoch)
-        loader = live_metrics.wrap(task.train_loader, epoch)
-        if spec.task == "detection":
-            metrics = detection.train_one_epoch(model, loader, optimizer, scheduler, device=device, amp=amp,
-                                                epoch=epoch, grad_clip=spec.schedule.grad_clip,
-                                                on_step=live_metrics.on_step)
-        else:
-            metrics = classification.train_one_epoch(model, loader, optimizer, scheduler, device=device, amp=amp,
-                                                     epoch=epoch, criterion=nn.CrossEntropyLoss(),
-                                                     on_step=live_metrics.on_step)
+        metrics = task.train_one_epoch(epoch, on_step=live_metrics.on_step,
+                                       loader=live_metrics.wrap(task.train_loader, epoch))
         fresh_eval: dict[str, float] = {}
-        if (epoch + 1) % spec.eval.every_epochs == 0 or epoch + 1 == spec.schedule.epochs:
-            engine = detection if spec.task == "detection" else classification
-            fresh_eval = last_eval = engine.evaluate(unwrap_model(model), task.val_loader, device=device, amp=amp)
+        if task.config.evaluates_after(epoch):
+            fresh_eval = last_eval = task.evaluate()
         metrics = {**metrics, "epoch": float(epoch)}
         if tracker is not None:  # MLflow gets evaluations only when they happen
             tracker.log_metrics(run_id, {**metrics, **fresh_eval}, step=epoch)
@@ -214,8 +138,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as directory:
             report_checkpoint = None
             if rank == 0:
-                save_checkpoint(Path(directory) / CHECKPOINT_FILE, model=model, optimizer=optimizer,
-                                scheduler=scheduler, scaler=None, epoch=epoch + 1,
+                save_checkpoint(Path(directory) / CHECKPOINT_FILE, model=task.model, optimizer=task.optimizer,
+                                scheduler=task.scheduler, scaler=None, epoch=epoch + 1,
                                 extra={**task.extra, "num_classes": task.num_classes, "eval_metrics": last_eval})
                 report_checkpoint = ray.train.Checkpoint.from_directory(directory)
             # Ray Train scores checkpoints by the primary metric, so every report carries the latest evaluation

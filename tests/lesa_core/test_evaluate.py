@@ -31,7 +31,7 @@ def _cli(*args):
 def test_our_checkpoint_is_evaluated_at_its_training_size_and_classes(root, model, tmp_path, capsys):
     classes = ["n00000000", "n00000001", "n00000002"]
     path = save_checkpoint(tmp_path / "best.pth", model=model, optimizer=None, scheduler=None, scaler=None,
-                           epoch=3, extra={"classes": classes, "recipe": {"img_size": 32}})
+                           epoch=3, extra={"classes": classes, "img_size": 32})
     metrics = evaluate_checkpoint(model_name="test_lesa_resnet", checkpoint=path, data=root, workers=0)
     assert set(metrics) == {"val/acc1", "val/acc5", "val/loss"} and metrics["val/acc5"] == 1.0
     assert main(_cli("--checkpoint", str(path), "--data", str(root))) == 0

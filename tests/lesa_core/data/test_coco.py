@@ -226,6 +226,8 @@ def test_loader_batches_by_orientation_deterministically(train_set):
     assert mixed_batches <= 1
     again = build_coco_loader(train_set, batch_size=3, train=True, workers=0, aspect_ratio_grouping=True, seed=5)
     assert epoch(again)[0] == first
+    assert epoch(loader)[0] == first  # the order is a function of (seed, epoch) only
+    loader.batch_sampler.set_epoch(1)
     assert epoch(loader)[0] != first  # the next epoch is reshuffled
     eval_loader = build_coco_loader(train_set, batch_size=3, train=False, aspect_ratio_grouping=False)
     assert epoch(eval_loader)[0] == train_set.image_ids

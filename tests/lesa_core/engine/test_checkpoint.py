@@ -10,14 +10,14 @@ from timm.utils import ModelEmaV3
 
 import lesa_core  # noqa: F401  (registers the models)
 from lesa_core.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap_model
-from lesa_core.engine.recipe import RECIPES, build_optimizer, build_scheduler
+from lesa_core.engine.optim import OPTIM_PRESETS, build_lr_scheduler, build_optimizer
 
 
 def _training_state(seed):
     torch.manual_seed(seed)
     model = timm.create_model("test_lesa_resnet", num_classes=4)
-    optimizer = build_optimizer(model, RECIPES["lesa_imagenet"])
-    scheduler = build_scheduler(optimizer, RECIPES["lesa_imagenet"], steps_per_epoch=10)
+    optimizer = build_optimizer(model, OPTIM_PRESETS["lesa_imagenet"], global_batch=32)
+    scheduler = build_lr_scheduler(optimizer, OPTIM_PRESETS["lesa_imagenet"], batches_per_epoch=10)
     ema = ModelEmaV3(model, decay=0.9)
     return model, optimizer, scheduler, ema
 
@@ -88,7 +88,7 @@ def test_another_architecture_is_a_value_error_naming_file_and_keys(tmp_path):
     path = save_checkpoint(tmp_path / "lesa.pth", model=model, optimizer=None, scheduler=None, scaler=None, epoch=1)
     with pytest.raises(ValueError, match=r"lesa.pth: weights do not fit LesaResNet: .*shape mismatch.*fc.weight"):
         load_checkpoint(path, model=timm.create_model("test_lesa_resnet", num_classes=5))
-    with pytest.raises(ValueError, match=r"lesa.pth: .*unexpected \['layer3.1.conv2.local_term"):
+    with pytest.raises(ValueError, match=r"lesa.pth: .*unexpected layer3.1.conv2.local_term"):
         load_checkpoint(path, model=timm.create_model("test_lesa_resnet", num_classes=4, fusion="none"))
 
 

@@ -2,7 +2,6 @@
 gradient accumulation, EMA, mixup, non-finite losses, evaluation, and two-process DDP."""
 
 import math
-from dataclasses import replace
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from torch import nn
 import lesa_core  # noqa: F401  (registers the models)
 from lesa_core.data.imagenet import build_imagenet_loaders, create_mixup_and_criterion, resolve_imagenet_data_config
 from lesa_core.engine.classification import create_classification_model, evaluate, train_one_epoch
-from lesa_core.engine.recipe import RECIPES, build_optimizer, build_scheduler
+from lesa_core.engine.optim import OptimConfig, build_lr_scheduler, build_optimizer
 from lesa_core.metrics.accuracy import topk_accuracy
 
 IMG_SIZE = 32
@@ -34,10 +33,10 @@ def _setup(root, *, batch_size=6, grad_accum_steps=1):
     data_config = resolve_imagenet_data_config(model, IMG_SIZE)
     train_loader, val_loader = build_imagenet_loaders(root, data_config=data_config, batch_size=batch_size,
                                                       num_workers=0)
-    recipe = replace(RECIPES["quickstart"], epochs=2, warmup_epochs=1, batch_size_per_device=batch_size,
-                     grad_accum_steps=grad_accum_steps, img_size=IMG_SIZE)
-    optimizer = build_optimizer(model, recipe)
-    scheduler = build_scheduler(optimizer, recipe, steps_per_epoch=len(train_loader))
+    config = OptimConfig(epochs=2, optimizer="adamw", lr=2e-3, lr_reference_batch=32, weight_decay=0.05,
+                         warmup_epochs=1, warmup_factor=0.0, grad_accum_steps=grad_accum_steps)
+    optimizer = build_optimizer(model, config, global_batch=batch_size * grad_accum_steps)
+    scheduler = build_lr_scheduler(optimizer, config, batches_per_epoch=len(train_loader))
     return model, train_loader, val_loader, optimizer, scheduler
 
 

@@ -10,7 +10,8 @@ import timm
 import torch
 
 import lesa_core  # noqa: F401
-from lesa_core.models import from_official, load_official
+from lesa_core.engine.checkpoint import load_weights
+from lesa_core.models import from_official
 
 SHAPES = json.loads((Path(__file__).parent / "data" / "official_state_dict_shapes.json").read_text())
 OFFICIAL = {"pos_embed": "flat1d", "sim_norm": "bn", "fusion": "gate"}
@@ -28,7 +29,9 @@ def _official_checkpoint(name: str) -> dict:
 @pytest.mark.parametrize("name", ["lesa_resnet50", "lesa_wrn50"])
 def test_official_checkpoint_loads_strictly_and_values_land(name):
     checkpoint = _official_checkpoint(name)
-    model = load_official(timm.create_model(name, **OFFICIAL), checkpoint)
+    model = timm.create_model(name, **OFFICIAL)
+    report = load_weights(model, checkpoint)
+    assert not report.kept_init and not report.skipped
     official = checkpoint["net"]
     own = model.state_dict()
     torch.testing.assert_close(own["layer3.1.conv2.context_term.qkv.weight"].squeeze(-1),
@@ -48,13 +51,13 @@ def test_from_official_is_a_pure_key_mapping():
 
 
 def test_a_checkpoint_of_another_architecture_fails_clearly():
-    with pytest.raises(ValueError, match=r"does not fit LesaResNet.*wrong shape.*flat1d"):
-        load_official(timm.create_model("lesa_resnet50", **OFFICIAL), _official_checkpoint("lesa_wrn50"))
+    with pytest.raises(ValueError, match=r"do not fit LesaResNet.*shape mismatch.*flat1d"):
+        load_weights(timm.create_model("lesa_resnet50", **OFFICIAL), _official_checkpoint("lesa_wrn50"))
 
 
 def test_a_checkpoint_for_other_options_fails_clearly():
-    with pytest.raises(ValueError, match=r"missing: .*rel_h"):
-        load_official(timm.create_model("lesa_resnet50"), _official_checkpoint("lesa_resnet50"))
+    with pytest.raises(ValueError, match=r"missing .*rel_h"):
+        load_weights(timm.create_model("lesa_resnet50"), _official_checkpoint("lesa_resnet50"))
 
 
 def test_not_a_state_dict_fails_clearly():
