@@ -5,18 +5,27 @@ A job's run carries the tags ``lesa.job_id`` (found again on resume), ``lesa.git
 (secrets redacted) and the resolved spec is the artifact ``spec.json``. The best checkpoint is logged as
 a model, registered as ``lesa-<task>-<arch>`` and given the alias ``candidate``; ``promote`` moves
 ``champion``. Stages are deprecated in MLflow, so only aliases are used.
+
+This is the one module that talks to MLflow: :class:`Tracker` holds its server's URI (nothing process-wide is
+set) and also reads runs, histories, artifacts and logged models for the report and the saved views, and builds
+the UI links.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
+from urllib.parse import urlencode
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Experiment, Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
 from .redaction import flatten_params, redacted_spec
@@ -32,6 +41,7 @@ ERROR_TAG = "lesa.error"  # one line: why a job's run or a trial's run failed
 CANDIDATE_ALIAS = "candidate"
 CHAMPION_ALIAS = "champion"
 _BATCH = 900  # MLflow accepts up to 1000 entries per log_batch
+_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 # what a registered model needs to load: this package and its torch stack; given explicitly, MLflow does not infer
 # them in a subprocess that imports the model (10 s or more per registration on 2 CPU cores)
 MODEL_REQUIREMENTS = ("lesa-orch", "torch", "torchvision", "timm", "cloudpickle")
@@ -70,12 +80,57 @@ class RunSummary:
     params: dict[str, str]
 
 
+@contextlib.contextmanager
+def _restored_environ(*names: str) -> Iterator[None]:
+    """Puts the environment variables ``names`` back as they were when the block ends."""
+    previous = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """MLflow draws tqdm bars on downloads, which would tear through the CLI's spinner."""
+    with _restored_environ(_PROGRESS_BAR):
+        os.environ[_PROGRESS_BAR] = "false"
+        yield
+
+
+@contextlib.contextmanager
+def _fluent_uris(uri: str) -> Iterator[None]:
+    """Points MLflow's process-wide tracking and registry URIs at ``uri`` for one fluent call (``log_model`` has
+    no client form), then puts back the previous ones and the variables ``set_tracking_uri`` exports."""
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    with _restored_environ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_registry_uri(None)
+            mlflow.set_tracking_uri(previous)
+
+
 class Tracker:
-    """MLflow client bound to one tracking server."""
+    """MLflow client bound to one tracking server.
+
+    A job's writes raise :class:`TrackingError` naming the server; the reads (and the report's artifacts) return
+    MLflow's entities and raise its ``MlflowException``, which their callers word.
+    """
 
     def __init__(self, tracking_uri: str) -> None:
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    @functools.cached_property
+    def client(self) -> MlflowClient:
+        """The MLflow client, made on first use (a SQLite store is created and migrated when opened)."""
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
     def _call(self, what: str, function, *args, **kwargs):
         try:
@@ -113,9 +168,7 @@ class Tracker:
             run = self._call("create run", self.client.create_run, self.experiment_id(spec.experiment_name),
                              tags=tags, run_name=spec.name)
             run_id = run.info.run_id
-            params = [Param(key, value[:6000]) for key, value in flatten_params(spec).items()]
-            for start in range(0, len(params), _BATCH):
-                self._call("log params", self.client.log_batch, run_id, params=params[start:start + _BATCH])
+            self._log_params(run_id, spec)
             self._call("log spec", self.client.log_dict, run_id, redacted_spec(spec), "spec.json")
         else:
             run_id = existing
@@ -137,10 +190,14 @@ class Tracker:
                 "lesa.arch": spec.model.arch, "mlflow.runName": f"{spec.name}/{trial_id}"}
         run = self._call("create run", self.client.create_run, experiment_id, tags=tags,
                          run_name=f"{spec.name}/{trial_id}")
+        self._log_params(run.info.run_id, spec)
+        return run.info.run_id
+
+    def _log_params(self, run_id: str, spec: JobSpec) -> None:
+        """The spec flattened and redacted as params, in batches MLflow accepts."""
         params = [Param(key, value[:6000]) for key, value in flatten_params(spec).items()]
         for start in range(0, len(params), _BATCH):
-            self._call("log params", self.client.log_batch, run.info.run_id, params=params[start:start + _BATCH])
-        return run.info.run_id
+            self._call("log params", self.client.log_batch, run_id, params=params[start:start + _BATCH])
 
     def trial_runs(self, experiment_id: str, parent_run_id: str, *, trial_id: str | None = None) -> list[Any]:
         """The child runs of a search, oldest first (one trial's when ``trial_id`` is given)."""
@@ -186,10 +243,8 @@ class Tracker:
 
     def register_model(self, run_id: str, model: Any, name: str) -> str:
         """Logs ``model`` (pickled: Mask R-CNN does not export) in the run, registers it and sets ``candidate``."""
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
         try:
-            with mlflow.start_run(run_id=run_id):
+            with _fluent_uris(self.tracking_uri), mlflow.start_run(run_id=run_id):
                 info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
                                                 registered_model_name=name, pip_requirements=model_requirements())
         except MlflowException as error:
@@ -215,3 +270,67 @@ class Tracker:
                        run.info.status, dict(run.data.metrics), dict(run.data.params))
             for run in runs
         ]
+
+    # ------------------------------------------------------------------------------------ reads and UI links
+
+    def ui_url(self, experiment_id: str, run_id: str = "", *, query: Mapping[str, str] | None = None) -> str:
+        """The MLflow UI page of an experiment or run, ``query`` its search state (filter, sort, mode); empty when
+        the tracking URI is no HTTP server (sqlite, file)."""
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return ""
+        url = f"{self.tracking_uri.rstrip('/')}/#/experiments/{experiment_id}"
+        if run_id:
+            url += f"/runs/{run_id}"
+        return f"{url}?{urlencode(query)}" if query else url
+
+    def experiment(self, name: str) -> Experiment | None:
+        return self.client.get_experiment_by_name(name)
+
+    def experiment_ids(self, filter_string: str) -> list[str]:
+        """Ids of the experiments that match an MLflow experiment filter, e.g. ``name LIKE 'lesa/%'``."""
+        return [experiment.experiment_id for experiment in self.client.search_experiments(filter_string=filter_string)]
+
+    def get_run(self, run_id: str) -> Run:
+        return self.client.get_run(run_id)
+
+    def search_runs(self, experiment_ids: Sequence[str], *, filter_string: str = "",
+                    order_by: Sequence[str] | None = None, max_results: int = 1000) -> list[Run]:
+        return list(self.client.search_runs(list(experiment_ids), filter_string=filter_string,
+                                            order_by=list(order_by) if order_by else None, max_results=max_results))
+
+    def metric_history(self, run_id: str, metric: str) -> list[tuple[int, float]]:
+        """(step, value) of every logged value of ``metric``."""
+        return [(point.step, point.value) for point in self.client.get_metric_history(run_id, metric)]
+
+    def download_artifact(self, run_id: str, path: str, dst_path: str) -> str:
+        """The run's artifact ``path`` copied under ``dst_path``; returns the local path."""
+        with _quiet_downloads():
+            return self.client.download_artifacts(run_id, path, dst_path)
+
+    def load_logged_model(self, run_id: str, experiment_id: str, dst_path: str, name: str = "model") -> Any | None:
+        """The newest PyTorch model ``name`` the run logged (``runs:/<id>/<name>``) on the CPU; None if it logged none.
+
+        The location is resolved here because MLflow 3 resolves ``runs:/`` model URIs against the process-wide
+        tracking URI only.
+        """
+        import mlflow.artifacts
+        import mlflow.pytorch
+
+        models = self.client.search_logged_models(
+            experiment_ids=[experiment_id], filter_string=f"name = '{name}' AND source_run_id = '{run_id}'",
+            order_by=[{"field_name": "creation_time", "ascending": False}], max_results=1)
+        if not models:
+            return None
+        with _quiet_downloads():
+            local = mlflow.artifacts.download_artifacts(artifact_uri=models[0].artifact_location, dst_path=dst_path,
+                                                        tracking_uri=self.tracking_uri)
+        return mlflow.pytorch.load_model(local, map_location="cpu")
+
+    def log_dict(self, run_id: str, data: Any, artifact_file: str) -> None:
+        self.client.log_dict(run_id, data, artifact_file)
+
+    def log_artifact(self, run_id: str, local_path: str, artifact_path: str) -> str:
+        """Logs one file under ``artifact_path``; returns its artifact URI."""
+        self.client.log_artifact(run_id, local_path, artifact_path)
+        root = self.client.get_run(run_id).info.artifact_uri
+        return f"{root.rstrip('/')}/{artifact_path}/{os.path.basename(local_path)}"

@@ -2,9 +2,9 @@
 
     python dashboards/mlflow/show_views.py [--tracking-uri URI] [--view NAME]... [--max-results N]
 
-Each view's filter and order go through ``MlflowClient.search_runs`` over the experiments that ``views.yaml``
-names. MLflow keeps column and chart choices in the browser, so the links carry what a URL can: the search
-filter, the sort and the table or chart mode; README.md lists the columns and charts to add by hand.
+Each view's filter and order go through ``orchestrator.tracking.Tracker.search_runs`` over the experiments that
+``views.yaml`` names. MLflow keeps column and chart choices in the browser, so the links carry what a URL can: the
+search filter, the sort and the table or chart mode; README.md lists the columns and charts to add by hand.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import yaml
-from mlflow import MlflowClient
 from mlflow.entities import Run
 from rich.console import Console
 from rich.table import Table
+
+from orchestrator.tracking import Tracker
 
 VIEWS_FILE = Path(__file__).with_name("views.yaml")
 _COLUMN_KINDS = ("params", "metrics", "tags")
@@ -44,16 +44,12 @@ def load_views(path: Path = VIEWS_FILE) -> dict[str, Any]:
     return config
 
 
-def experiment_ids(client: MlflowClient, config: dict[str, Any]) -> list[str]:
-    return [experiment.experiment_id for experiment in client.search_experiments(filter_string=config["experiments"])]
-
-
-def search(client: MlflowClient, view: dict[str, Any], experiments: Sequence[str], max_results: int = 100) -> list[Run]:
+def search(tracker: Tracker, view: dict[str, Any], experiments: Sequence[str], max_results: int = 100) -> list[Run]:
     """The runs of one view, in its order."""
     if not experiments:
         return []
-    return client.search_runs(list(experiments), filter_string=view["filter"], order_by=view.get("order_by"),
-                              max_results=max_results)
+    return tracker.search_runs(experiments, filter_string=view["filter"], order_by=view.get("order_by"),
+                               max_results=max_results)
 
 
 def column_names(view: dict[str, Any]) -> list[tuple[str, str]]:
@@ -72,15 +68,13 @@ def row(run: Run, columns: Sequence[tuple[str, str]]) -> list[str]:
     return cells
 
 
-def ui_link(tracking_uri: str, experiment_id: str, view: dict[str, Any], mode: str = "TABLE") -> str:
+def ui_link(tracker: Tracker, experiment_id: str, view: dict[str, Any], mode: str = "TABLE") -> str:
     """The experiment page with the view's filter and first sort key applied; '' without an HTTP server."""
-    if not tracking_uri.startswith(("http://", "https://")):
-        return ""
     query = {"searchFilter": view["filter"], "compareRunsMode": mode}
     if view.get("order_by"):
         key, _, direction = view["order_by"][0].rpartition(" ")
         query |= {"orderByKey": key, "orderByAsc": json.dumps(direction.upper() == "ASC")}
-    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}?{urlencode(query)}"
+    return tracker.ui_url(experiment_id, query=query)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -94,8 +88,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     config = load_views()
-    client = MlflowClient(args.tracking_uri)
-    experiments = experiment_ids(client, config)
+    tracker = Tracker(args.tracking_uri)
+    experiments = tracker.experiment_ids(config["experiments"])
     console = Console()
     for view in config["views"]:
         if args.view and view["name"] not in args.view:
@@ -104,12 +98,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         table = Table(title=f"{view['name']}: {view.get('title', '')}\n{view['filter']}")
         for header in ("run", *(key for _, key in columns)):
             table.add_column(header)
-        runs = search(client, view, experiments, args.max_results)
+        runs = search(tracker, view, experiments, args.max_results)
         for run in runs:
             table.add_row(*row(run, columns))
         console.print(table)
         for experiment_id in sorted({run.info.experiment_id for run in runs}):
-            link = ui_link(args.tracking_uri, experiment_id, view)
+            link = ui_link(tracker, experiment_id, view)
             if link:
                 console.print(link, soft_wrap=True, markup=False, highlight=False)
 

@@ -65,7 +65,7 @@ def store(tmp_path_factory):
         tracker.end_run(run_id, status)
     other = client.create_experiment("someone-else", artifact_location=str(root / "other"))
     client.set_tag(client.create_run(other).info.run_id, "lesa.task", "detection")  # outside `experiments`
-    return client, uri
+    return tracker, uri
 
 
 def test_views_file_is_consistent():
@@ -82,12 +82,12 @@ def test_views_file_is_consistent():
 
 
 def test_every_view_runs_and_selects_its_runs(store):
-    client, _ = store
+    tracker, _ = store
     config = show_views.load_views()
-    experiments = show_views.experiment_ids(client, config)
+    experiments = tracker.experiment_ids(config["experiments"])
     assert len(experiments) == 2  # the lesa/ experiments only
     for view in config["views"]:
-        runs = show_views.search(client, view, experiments)
+        runs = show_views.search(tracker, view, experiments)
         assert [run.data.tags["lesa.job_id"] for run in runs] == EXPECTED[view["name"]], view["name"]
         for run in runs:
             cells = show_views.row(run, show_views.column_names(view))
@@ -97,13 +97,13 @@ def test_every_view_runs_and_selects_its_runs(store):
 
 def test_links_carry_filter_and_sort():
     view = {"filter": "tags.lesa.task = 'detection'", "order_by": ["metrics.`coco/bbox_mAP` DESC"]}
-    link = show_views.ui_link("http://127.0.0.1:5000/", "7", view)
+    link = show_views.ui_link(Tracker("http://127.0.0.1:5000/"), "7", view)
     url = urlsplit(link)
     assert url.fragment.startswith("/experiments/7?")
     query = parse_qs(url.fragment.split("?", 1)[1])
     assert query == {"searchFilter": [view["filter"]], "orderByKey": ["metrics.`coco/bbox_mAP`"],
                      "orderByAsc": ["false"], "compareRunsMode": ["TABLE"]}
-    assert show_views.ui_link("sqlite:///m.db", "7", view) == ""
+    assert show_views.ui_link(Tracker("sqlite:///m.db"), "7", view) == ""
 
 
 def test_script_prints_the_views(store, capsys, monkeypatch):

@@ -25,10 +25,15 @@ from mlflow import MlflowClient
 from PIL import Image
 from typer.testing import CliRunner
 
+from lesa_core.analysis import LayerContribution
 from lesa_core.data.synthetic import write_coco_dataset
 from lesa_core.detection.mask_rcnn import light_heads, maskrcnn_lesa_fpn
-from orchestrator import report, service
+from orchestrator import service
 from orchestrator.cli import app
+from orchestrator.reporting import data
+from orchestrator.reporting.collect import measure_contributions, read_run
+from orchestrator.reporting.publish import slug
+from orchestrator.reporting.render import build_html
 from orchestrator.settings import Settings
 from orchestrator.spec import parse_spec
 from orchestrator.store import JobState
@@ -100,7 +105,8 @@ def tracked(tmp_path_factory):
                      spec=lesa_spec.model_dump(mode="json"))
     ctx.store.transition("job-test-lesa-resnet", JobState.SUBMITTED, mlflow_experiment=EXPERIMENT)
     ctx.store.update("job-test-lesa-resnet", mlflow_run_id=run_ids["test_lesa_resnet"])
-    return {"root": root, "uri": uri, "client": client, "runs": run_ids, "ctx": ctx, "env": env, "data": data_root}
+    return {"root": root, "uri": uri, "client": client, "tracker": tracker, "runs": run_ids, "ctx": ctx, "env": env,
+            "data": data_root}
 
 
 # ------------------------------------------------------------------------------------------- browser checks
@@ -179,34 +185,28 @@ def figure_visible(screenshot: Image.Image, rect: list[float]) -> bool:
     ("lesa_resnet50", "LESA"), ("test_lesa_resnet", "LESA"), ("sa_resnet50", "SA"), ("conv_resnet50_s16", "conv"),
     ("resnet50", "conv"), ("vit_small", "other")])
 def test_backbone_family(arch, family):
-    assert report.backbone_family(arch) == family
+    assert data.backbone_family(arch) == family
 
 
 def test_slug_makes_a_file_name():
-    assert report.slug("lesa/synthetic_coco/detection") == "lesa-synthetic_coco-detection"
-    assert report.slug("quickstart-coco-20260101-000000-ab12") == "quickstart-coco-20260101-000000-ab12"
+    assert slug("lesa/synthetic_coco/detection") == "lesa-synthetic_coco-detection"
+    assert slug("quickstart-coco-20260101-000000-ab12") == "quickstart-coco-20260101-000000-ab12"
 
 
-def test_links_point_at_the_mlflow_ui_of_a_server_only():
-    assert report.mlflow_ui_url("http://mlflow:5000/", "3", "abc") == "http://mlflow:5000/#/experiments/3/runs/abc"
-    assert report.mlflow_ui_url("http://mlflow:5000", "3") == "http://mlflow:5000/#/experiments/3"
-    assert report.mlflow_ui_url("sqlite:///tmp/mlflow.db", "3", "abc") == ""
-
-
-def _hand_made_data() -> report.ReportData:
+def _hand_made_data() -> data.ReportData:
     history = {"train/loss": [(0, 1.2), (1, 0.9)], "train/lr": [(0, 0.1), (1, 0.05)], "val/acc1": [(0, 0.3), (1, 0.5)]}
-    run = report.RunData(run_id="r1", name="<b>run</b>", job_id="", experiment_id="1", status="FINISHED",
+    run = data.RunData(run_id="r1", name="<b>run</b>", job_id="", experiment_id="1", status="FINISHED",
                          task="classification", arch="lesa_resnet50", primary_metric="val/acc1", mode="max",
                          final={"val/acc1": 0.5, "train/loss": 0.9, "epoch": 1.0}, history=history)
-    contributions = report.Contributions("r1", "run", (report.LayerContribution("layer4.0.conv2", 0.8, 0.2),),
-                                         images=2, split="val")
-    return report.ReportData(target="lesa/<x>/classification", experiment="lesa/<x>/classification",
-                             tracking_uri="sqlite:///m.db", generated_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
-                             runs=(run,), experiment_runs=(run,), contributions=(contributions,))
+    contributions = data.Contributions("r1", "run", (LayerContribution("layer4.0.conv2", 0.8, 0.2),),
+                                       images=2, split="val")
+    return data.ReportData(target="lesa/<x>/classification", experiment="lesa/<x>/classification",
+                           tracking_uri="sqlite:///m.db", generated_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+                           runs=(run,), experiment_runs=(run,), contributions=(contributions,))
 
 
 def test_build_html_is_one_self_contained_file():
-    page = report.build_html(_hand_made_data())
+    page = build_html(_hand_made_data())
     for heading in ("Summary: final metrics", "Learning curves", "LESA vs conv vs SA",
                     "Local vs context contribution per layer"):
         assert f"<h2>{heading}</h2>" in page
@@ -259,7 +259,7 @@ def test_experiment_report_measures_logs_and_renders(tracked, tmp_path):
 
 @needs_chromium
 def test_broken_or_blank_pages_fail_the_browser_checks(tracked, tmp_path):
-    page = report.build_html(_hand_made_data())
+    page = build_html(_hand_made_data())
     broken = tmp_path / "broken.html"
     broken.write_text(re.sub(r"base64,[A-Za-z0-9+/=]+", "base64,bm90IGEgcG5n", page))  # "not a png"
     probe, screenshot = render(broken, tmp_path)
@@ -291,12 +291,12 @@ def test_unknown_target_is_a_one_line_error(tracked):
 
 
 def test_missing_data_is_said_in_the_report_not_raised(tracked):
-    client = tracked["client"]
-    run = report.read_run(client, client.get_run(tracked["runs"]["test_lesa_resnet"]), tracked["uri"])
+    tracker = tracked["tracker"]
+    run = read_run(tracker, tracker.get_run(tracked["runs"]["test_lesa_resnet"]))
     hidden = tracked["data"].with_name("coco-hidden")
     tracked["data"].rename(hidden)
     try:
-        measured = report.measure_contributions(client, run, tracked["uri"])
+        measured = measure_contributions(tracker, run)
     finally:
         hidden.rename(tracked["data"])
     assert not measured.layers

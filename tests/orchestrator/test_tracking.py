@@ -1,11 +1,15 @@
-"""The MLflow side of a job: a resumed job reopens its run without the last attempt's error."""
+"""The MLflow side of a job: runs reopened on resume, UI links, registration without process-wide state."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import mlflow
+import torch
+
 from orchestrator.spec import load_spec
-from orchestrator.tracking import ERROR_TAG, JOB_ID_TAG, Tracker
+from orchestrator.tracking import CANDIDATE_ALIAS, ERROR_TAG, JOB_ID_TAG, Tracker
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
 
@@ -21,3 +25,31 @@ def test_a_resumed_job_reopens_its_run_without_the_last_attempts_error(tmp_path)
     run = tracker.client.get_run(run_id)
     assert run.info.status == "RUNNING" and ERROR_TAG not in run.data.tags
     assert run.data.tags[JOB_ID_TAG] == "job-1" and run.data.params["model.arch"] == "test_lesa_resnet"
+
+
+def test_ui_links_point_at_the_mlflow_ui_of_a_server_only():
+    assert Tracker("http://mlflow:5000/").ui_url("3", "abc") == "http://mlflow:5000/#/experiments/3/runs/abc"
+    assert Tracker("http://mlflow:5000").ui_url("3") == "http://mlflow:5000/#/experiments/3"
+    query = Tracker("https://mlflow.internal").ui_url("3", query={"searchFilter": "tags.a = 'b'"})
+    assert query == "https://mlflow.internal/#/experiments/3?searchFilter=tags.a+%3D+%27b%27"
+    assert Tracker("sqlite:///tmp/mlflow.db").ui_url("3", "abc") == ""
+
+
+def test_registering_a_model_leaves_mlflows_process_wide_uris_as_they_were(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    mlflow.set_tracking_uri(None)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert not mlflow.is_tracking_uri_set()  # constructing a Tracker sets nothing process-wide
+    spec = load_spec(JOBS / "quickstart_imagenet.yaml", [f"data.root={tmp_path / 'data'}"])
+    run_id = tracker.start_job_run(spec, "job-1", submission_id="job-1")
+
+    version = tracker.register_model(run_id, torch.nn.Linear(2, 1), "lesa-test")
+
+    assert version == "1"
+    assert str(tracker.client.get_model_version_by_alias("lesa-test", CANDIDATE_ALIAS).version) == "1"
+    assert not mlflow.is_tracking_uri_set()
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    model = tracker.load_logged_model(run_id, tracker.get_run(run_id).info.experiment_id, str(tmp_path / "dl"))
+    assert isinstance(model, torch.nn.Linear)
+    assert tracker.load_logged_model(run_id, "0", str(tmp_path / "dl2"), name="other") is None
