@@ -345,7 +345,7 @@ def report(ctx: Context, record: JobRecord) -> JobReport:
         try:
             run = ctx.tracker().client.get_run(record.mlflow_run_id)
             metrics = dict(run.data.metrics)
-            url = f"{ctx.settings.mlflow_uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+            url = ctx.tracker().ui_url(run.info.experiment_id, run.info.run_id) or url
         except Exception:  # MLflow may be down; the job row still reports
             pass
     return JobReport(record, metrics, url, f"{ctx.settings.ray_address}/#/jobs/{record.ray_submission_id or ''}")
@@ -491,7 +491,7 @@ def run_report(
     """
     from mlflow.exceptions import MlflowException
 
-    from . import report as reports  # matplotlib and torch load only for this verb
+    from . import reporting  # matplotlib and torch load only for this verb
 
     progress = on_progress or (lambda message: None)
     settings = ctx.settings
@@ -501,13 +501,12 @@ def run_report(
     tracker = ctx.tracker()
     try:
         experiment, job_id, run_id = _report_scope(ctx, tracker, target)
-        data = reports.collect(tracker.client, settings.mlflow_uri, experiment, target=target, run_id=run_id,
-                               job_id=job_id, progress=progress)
+        data = reporting.collect(tracker, experiment, target=target, run_id=run_id, job_id=job_id, progress=progress)
         if not data.runs:
             raise OrchestratorError(f"MLflow experiment {target!r} has no runs")
-        path = Path(out_path) if out_path else settings.home / "reports" / f"{reports.slug(target)}.html"
+        path = Path(out_path) if out_path else settings.home / "reports" / f"{reporting.slug(target)}.html"
         progress(f"writing {path}")
-        artifact = reports.publish(tracker.client, data, path)
+        artifact = reporting.publish(tracker, data, path)
     except MlflowException as error:
         raise OrchestratorError(f"MLflow at {settings.mlflow_uri}: {error.message}".splitlines()[0]) from None
     if artifact and on_logged is not None:
