@@ -19,10 +19,11 @@ from pathlib import Path
 from .ray_backend import jobs as ray_jobs
 from .ray_backend import local_services
 from .ray_backend.cluster import check_fits, read_cluster_resources
+from .reconcile import Reconciler
 from .settings import Settings
 from .spec import JobSpec, SpecError, load_spec, parse_spec
 from .store import JobRecord, JobState, JobStore, make_engine, upgrade
-from .tracking import ERROR_TAG, TRIAL_END_TAG, TRIAL_ID_TAG, Tracker, TrackingError
+from .tracking import TRIAL_END_TAG, TRIAL_ID_TAG, Tracker, TrackingError
 
 POLL_INTERVAL_S = 2.0
 
@@ -48,6 +49,9 @@ class Context:
 
     def tracker(self) -> Tracker:
         return Tracker(self.settings.mlflow_uri)
+
+    def reconciler(self) -> Reconciler:
+        return Reconciler(self.store, lambda: ray_jobs.connect(self.settings), self.tracker)
 
 
 # ----------------------------------------------------------------------------------------- models, spec
@@ -206,68 +210,15 @@ def _submit_attempt(
                                 mlflow_experiment=spec.experiment_name)
 
 
-def refresh(ctx: Context, job_id: str) -> JobRecord:
-    """Reconciles the job row with Ray (state) and MLflow (run id, registered version)."""
-    record = ctx.store.get(job_id)
-    if JobState(record.state).is_terminal or not record.ray_submission_id:
-        return record
-    try:
-        info = ray_jobs.info(ray_jobs.connect(ctx.settings), record.ray_submission_id)
-    except Exception:  # Ray unreachable: report what we know
-        return record
-    record = _sync_tracking(ctx, record)
-    if info.state == record.state:
-        return record
-    if info.state == "SUCCEEDED" or JobState(info.state).is_terminal:
-        return _finish(ctx, record, info)
-    if info.state == "RUNNING" and record.state == "SUBMITTED":
-        return ctx.store.transition(job_id, JobState.RUNNING)
-    return record
-
-
-def _sync_tracking(ctx: Context, record: JobRecord) -> JobRecord:
-    if record.mlflow_run_id or not record.mlflow_experiment:
-        return record
-    try:
-        run_id = ctx.tracker().find_job_run(record.id, record.mlflow_experiment)
-    except TrackingError:
-        return record
-    return ctx.store.update(record.id, mlflow_run_id=run_id) if run_id else record
-
-
-def _finish(ctx: Context, record: JobRecord, info: ray_jobs.RayJobInfo) -> JobRecord:
-    """Moves a job Ray has ended to its final state; a failed job's error is the driver's one-line cause
-    (the run's ``lesa.error`` tag) when it wrote one, else Ray's message."""
-    if record.state == "SUBMITTED" and info.state != "CANCELLED":
-        record = ctx.store.transition(record.id, JobState.RUNNING)
-    fields: dict[str, str] = {}
-    error = None if info.state == "SUCCEEDED" else (info.message or f"Ray job {info.state.lower()}")
-    if record.mlflow_run_id:
-        tracker = ctx.tracker()
-        try:
-            tags = tracker.client.get_run(record.mlflow_run_id).data.tags
-            if info.state == "SUCCEEDED":
-                if "lesa.registered_version" in tags:
-                    fields = {"registered_model": tags["lesa.registered_model"],
-                              "registered_version": tags["lesa.registered_version"]}
-            else:  # a driver that died cannot close its own run, nor a search's trial runs
-                error = tags.get(ERROR_TAG, error)
-                status = "KILLED" if info.state == "CANCELLED" else "FAILED"
-                tracker.end_open_trial_runs(record.mlflow_run_id, status)
-                tracker.end_run(record.mlflow_run_id, status)
-        except Exception:  # tracking is best effort while reconciling
-            pass
-    return ctx.store.transition(record.id, JobState(info.state), error=error, **fields)
-
-
 def get_job(ctx: Context, job_id: str) -> JobRecord:
-    return refresh(ctx, job_id)
+    return ctx.reconciler().refresh(job_id)
 
 
 def list_jobs(ctx: Context, state: str | None = None) -> list[JobRecord]:
+    reconciler = ctx.reconciler()
     for record in ctx.store.list():
         if not JobState(record.state).is_terminal:
-            refresh(ctx, record.id)
+            reconciler.refresh(record.id)
     return ctx.store.list(state=state)
 
 
@@ -276,7 +227,7 @@ def wait(ctx: Context, job_id: str, on_update: Callable[[JobRecord], None] | Non
     """Polls until the job ends (or ``timeout`` seconds pass)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        record = refresh(ctx, job_id)
+        record = ctx.reconciler().refresh(job_id)
         if on_update is not None:
             on_update(record)
         if JobState(record.state).is_terminal or (deadline is not None and time.monotonic() > deadline):
@@ -300,7 +251,7 @@ def follow_job_logs(ctx: Context, job_id: str) -> Iterator[str]:
 
 def cancel(ctx: Context, job_id: str, timeout: float = 60.0) -> JobRecord:
     """Stops the Ray job; the row becomes CANCELLED and the MLflow run KILLED."""
-    record = refresh(ctx, job_id)
+    record = ctx.reconciler().refresh(job_id)
     if JobState(record.state).is_terminal:
         raise OrchestratorError(f"job '{job_id}' already ended ({record.state})")
     client = ray_jobs.connect(ctx.settings)
@@ -309,7 +260,7 @@ def cancel(ctx: Context, job_id: str, timeout: float = 60.0) -> JobRecord:
     record = wait(ctx, job_id, timeout=timeout)
     if not JobState(record.state).is_terminal:
         raise OrchestratorError(f"job '{job_id}' did not stop within {timeout:.0f}s")
-    record = _sync_tracking(ctx, record)
+    record = ctx.reconciler().link_run(record)
     if record.state == "CANCELLED" and record.mlflow_run_id:
         with contextlib.suppress(TrackingError):  # the job is cancelled either way
             ctx.tracker().end_run(record.mlflow_run_id, "KILLED", unless_finished=True)
@@ -318,7 +269,7 @@ def cancel(ctx: Context, job_id: str, timeout: float = 60.0) -> JobRecord:
 
 def resume(ctx: Context, job_id: str) -> JobRecord:
     """Resubmits an ended job under the same id: Ray Train restores its last checkpoint."""
-    record = refresh(ctx, job_id)
+    record = ctx.reconciler().refresh(job_id)
     if record.state not in ("FAILED", "CANCELLED"):
         raise OrchestratorError(f"job '{job_id}' is {record.state}; only FAILED or CANCELLED jobs resume")
     spec = parse_spec(record.spec, source=f"job {job_id}")
@@ -372,7 +323,8 @@ class TrialSummary:
 
 def compare_trials(ctx: Context, job_id: str) -> tuple[list[str], list[TrialSummary]]:
     """The searched paths and the trials of search job ``job_id``, best first by its first objective."""
-    record = _sync_tracking(ctx, refresh(ctx, job_id))
+    reconciler = ctx.reconciler()
+    record = reconciler.link_run(reconciler.refresh(job_id))
     spec = parse_spec(record.spec, source=f"job {job_id}")
     if spec.hpo is None:
         raise OrchestratorError(f"job '{job_id}' is not a search (its spec has no hpo block); "
@@ -463,7 +415,7 @@ def _report_scope(ctx: Context, tracker: Tracker, target: str) -> tuple[str, str
     from .store import UnknownJobError
 
     try:
-        record = _sync_tracking(ctx, ctx.store.get(target))
+        record = ctx.reconciler().link_run(ctx.store.get(target))
     except UnknownJobError as unknown:
         if tracker.client.get_experiment_by_name(target) is None:
             hint = " or ".join(repr(s) for s in unknown.suggestions)

@@ -60,10 +60,6 @@ class Settings:
         )
 
     @property
-    def data_dir(self) -> Path:
-        return self.home / "data"
-
-    @property
     def mlflow_dir(self) -> Path:
         """Backend store and artifacts of the embedded MLflow server."""
         return self.home / "mlflow"
