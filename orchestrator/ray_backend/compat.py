@@ -11,8 +11,9 @@ lesa-orch leans on a few implementation details where the public API has no way 
   trial rebuilt from a frozen one, so a restored search stays consistent with its study.
 
 Any release may change them, so importing this module on versions other than ``TESTED_VERSIONS`` fails with one
-line naming both; ``LESA_ORCH_UNTESTED_VERSIONS=1`` turns that into a warning, for trying a newer release. Optuna
-is not imported here: trial actors import this module and must stay light.
+line naming both; ``LESA_ORCH_UNTESTED_VERSIONS=1`` turns that into a warning, for trying a newer release (set it
+where the drivers run: in the environment of ``lesa-orch up`` for the embedded cluster, of the Ray nodes otherwise).
+Optuna is not imported here: trial actors import this module and must stay light.
 """
 
 from __future__ import annotations

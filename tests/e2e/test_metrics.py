@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from ray._private.ray_constants import PROMETHEUS_SERVICE_DISCOVERY_FILE
 
+from orchestrator.ray_backend.compat import PROMETHEUS_SERVICE_DISCOVERY_FILE
 from orchestrator.ray_backend.local_services import ensure_ray_token
 from orchestrator.settings import Settings
 from tests.e2e.conftest import set_args
