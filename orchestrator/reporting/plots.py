@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from lesa_core.metrics import names
+
 FAMILY_COLOURS = {"LESA": "#1f77b4", "SA": "#ff7f0e", "conv": "#2ca02c", "other": "#7f7f7f"}
 TERM_COLOURS = {"local": "#17becf", "context": "#9467bd"}
 _RUN_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -44,17 +46,21 @@ def learning_curves(runs: Sequence[tuple[str, Mapping[str, Points]]], metrics: S
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        if metric == "train/lr":
+        if metric == names.TRAIN_LR:
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     axes[-1].legend(fontsize=8, loc="best")
     figure.tight_layout()
     return to_base64_png(figure)
 
 
+def _ap_of_size(kind: str, size: str) -> str:
+    return names.coco_metric(kind, f"mAP_{size}")
+
+
 def ap_by_size(runs: Sequence[tuple[str, Mapping[str, float]]]) -> str | None:
     """COCO AP of small, medium and large objects, box and mask panels, one bar per run."""
-    kinds = [kind for kind in ("bbox", "segm")
-             if any(f"coco/{kind}_mAP_{size}" in metrics for _, metrics in runs for size in "sml")]
+    kinds = [kind for kind in names.IOU_TYPES
+             if any(_ap_of_size(kind, size) in metrics for _, metrics in runs for size in names.OBJECT_SIZES)]
     if not kinds:
         return None
     figure = Figure(figsize=(5.5 * len(kinds), 3.3))
@@ -62,7 +68,7 @@ def ap_by_size(runs: Sequence[tuple[str, Mapping[str, float]]]) -> str | None:
     width = 0.8 / len(runs)
     for ax, kind in zip(axes, kinds, strict=True):
         for index, (label, metrics) in enumerate(runs):
-            values = [metrics.get(f"coco/{kind}_mAP_{size}", 0.0) for size in "sml"]
+            values = [metrics.get(_ap_of_size(kind, size), 0.0) for size in names.OBJECT_SIZES]
             positions = [group + (index - (len(runs) - 1) / 2) * width for group in range(3)]
             ax.bar(positions, values, width=width, color=_RUN_COLOURS[index % len(_RUN_COLOURS)],
                    label=label if index < _MAX_LEGEND else None)

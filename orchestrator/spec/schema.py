@@ -58,9 +58,9 @@ class DetectorOptions(_Section):
 
     def maskrcnn_kwargs(self) -> dict[str, int]:
         """The sampling sizes that are set, as torchvision MaskRCNN keywords."""
-        names = ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
-                 "rpn_post_nms_top_n_test", "box_batch_size_per_image", "box_detections_per_img")
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        fields = ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
+                  "rpn_post_nms_top_n_test", "box_batch_size_per_image", "box_detections_per_img")
+        return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
 
     def light_head_widths(self) -> dict[str, int]:
         """The light heads' widths that are set, as :func:`lesa_core.detection.mask_rcnn.light_heads` keywords."""
@@ -326,15 +326,6 @@ class JobSpec(_Section):
     @property
     def registered_model_name(self) -> str:
         return self.tracking.model_name or f"lesa-{self.task}-{self.model.arch}"
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.schedule.batch_size_per_worker * self.resources.num_workers
-
-    @property
-    def scaled_lr(self) -> float:
-        """lr after linear scaling to the global batch."""
-        return self.schedule.lr * self.global_batch_size / self.schedule.lr_reference_batch
 
 
 def spec_json_schema() -> dict[str, Any]:

@@ -29,8 +29,6 @@ def test_a_valid_spec_loads_with_defaults_and_derived_values(tmp_path):
     assert spec.primary_metric == "coco/bbox_mAP"
     assert spec.experiment_name == "lesa/coco/detection"
     assert spec.registered_model_name == "lesa-detection-test_lesa_resnet"
-    assert spec.global_batch_size == 4
-    assert spec.scaled_lr == pytest.approx(0.005)
 
 
 def test_overrides_set_nested_fields_with_yaml_values(tmp_path):
