@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from .overrides import SpecError, closest, field_model, section_fields, set_override
 from .schema import JobSpec
+from .search import check_search
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -42,7 +43,7 @@ def apply_override(raw: dict[str, Any], override: str, source: str = "job spec")
     """Sets ``a.b=c`` in the raw spec dict (see :func:`~orchestrator.spec.overrides.set_override`); errors name
     ``source``."""
     try:
-        set_override(raw, override, JobSpec)
+        set_override(raw, override)
     except SpecError as error:
         raise SpecError(f"{source}: {error}") from None
 
@@ -71,7 +72,7 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
 
 
 def parse_spec(raw: Any, *, source: str = "job spec", overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
-    """Validates an already-loaded mapping (with overrides and interpolation) into a JobSpec."""
+    """Validates an already-loaded mapping (with overrides and interpolation) into a JobSpec, its search included."""
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: a job spec must be a mapping of sections, got {type(raw).__name__}")
     raw = dict(raw)
@@ -79,9 +80,14 @@ def parse_spec(raw: Any, *, source: str = "job spec", overrides: list[str] | tup
         apply_override(raw, override, source)
     raw = _interpolate(raw, "", source)
     try:
-        return JobSpec.model_validate(raw)
+        spec = JobSpec.model_validate(raw)
     except ValidationError as error:
         raise SpecError(_format_validation_error(error, source)) from None
+    try:
+        check_search(spec)
+    except ValueError as error:
+        raise SpecError(f"{source}: {error}") from None
+    return spec
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:

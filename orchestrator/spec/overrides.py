@@ -1,8 +1,4 @@
-"""Dotted paths into the job spec schema: ``--set a.b=c`` on a raw spec, and the closest key for a typo.
-
-The walk is over any pydantic root model, so the search checks can apply a trial's values without importing
-the schema that calls them.
-"""
+"""Dotted paths into the job spec schema: ``--set a.b=c`` on a raw spec, and the closest key for a typo."""
 
 from __future__ import annotations
 
@@ -13,6 +9,8 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel
+
+from .schema import JobSpec
 
 
 class SpecError(ValueError):
@@ -50,8 +48,8 @@ def _parse_value(override: str, text: str) -> Any:
         raise SpecError(f"--set {override}: the value is not valid YAML ({error.problem})") from None
 
 
-def set_override(raw: dict[str, Any], override: str, root: type[BaseModel]) -> None:
-    """Sets ``a.b=c`` in ``raw``, a dict for ``root``; the path must exist in the schema; ``c`` is parsed as YAML.
+def set_override(raw: dict[str, Any], override: str) -> None:
+    """Sets ``a.b=c`` in the raw spec dict; the path must exist in the schema; ``c`` is parsed as YAML.
 
     Keys of ``hpo.space`` are dotted paths themselves: ``hpo.space.schedule.lr.high=0.1`` sets ``high`` of the
     ``schedule.lr`` dimension, ``hpo.space.schedule.lr={type: uniform, ...}`` the whole dimension.
@@ -60,7 +58,7 @@ def set_override(raw: dict[str, Any], override: str, root: type[BaseModel]) -> N
         raise SpecError(f"--set {override}: expected KEY=VALUE with a dotted KEY such as schedule.epochs=3")
     path, text = override.split("=", 1)
     parts = path.strip().split(".")
-    model: type[BaseModel] | None = root
+    model: type[BaseModel] | None = JobSpec
     node = raw
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1

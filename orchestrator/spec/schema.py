@@ -1,6 +1,7 @@
 """The job spec schema: one frozen pydantic section per top-level key, unknown keys rejected, and JobSpec.
 
-Whole-spec rules live in the validators; a search's values are checked by :mod:`orchestrator.spec.search`.
+Rules within the spec live in the validators; that every trial of a search makes a valid job is checked by
+:mod:`orchestrator.spec.search` when a spec is loaded.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lesa_core.metrics import names
-
-from .search import check_search
 
 
 class _Section(BaseModel):
@@ -300,8 +299,6 @@ class JobSpec(_Section):
                 f"eval.metric={self.eval.metric!r} is never reported by a {self.task} job; "
                 f"choose one of {', '.join(reported)}"
             )
-        if self.hpo is not None:
-            check_search(self)
         return self
 
     @property

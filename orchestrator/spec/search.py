@@ -5,16 +5,14 @@ from __future__ import annotations
 import copy
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
 from lesa_core.metrics import names
 
 from .overrides import SpecError, set_override
-
-if TYPE_CHECKING:
-    from .schema import JobSpec, SearchDimension
+from .schema import JobSpec, SearchDimension
 
 # fields a search may not vary: they name the job or decide where and how it runs
 UNSEARCHABLE = ("name", "task", "hpo", "storage", "tracking", "resources", "fault_tolerance", "data.root",
@@ -40,9 +38,11 @@ def probe_values(dimension: SearchDimension) -> list[Any]:
 
 def check_search(spec: JobSpec) -> None:
     """Every searched path exists and may be searched, every value a trial can get is valid, the objectives are
-    reported and the scheduler fits the schedule. Messages start with the ``hpo`` field at fault."""
+    reported and the scheduler fits the schedule (nothing to check without ``hpo``). Raises ValueError whose message
+    starts with the ``hpo`` field at fault."""
     hpo = spec.hpo
-    assert hpo is not None
+    if hpo is None:
+        return
     objective_metrics = names.OBJECTIVE_METRICS[spec.task]
     for objective in hpo.objectives:
         if objective.metric not in objective_metrics:
@@ -61,7 +61,6 @@ def check_search(spec: JobSpec) -> None:
                          "epochs a trial runs, so nothing could be stopped early")
     if hpo.sampler.type == "grid" and hpo.num_samples > hpo.grid_size():
         raise ValueError(f"hpo.num_samples={hpo.num_samples} exceeds the {hpo.grid_size()} points of the grid")
-    job_spec = type(spec)
     base = spec.model_dump(mode="json")
     base.pop("hpo")
     for path, dimension in hpo.space.items():
@@ -72,11 +71,11 @@ def check_search(spec: JobSpec) -> None:
         for value in probe_values(dimension):
             trial = copy.deepcopy(base)
             try:
-                set_override(trial, f"{path}={json.dumps(value)}", job_spec)
+                set_override(trial, f"{path}={json.dumps(value)}")
             except SpecError as error:
                 raise ValueError(f"{where}: {str(error).split(': ', 1)[1]}") from None
             try:
-                job_spec.model_validate(trial)
+                JobSpec.model_validate(trial)
             except ValidationError as error:
                 problem = error.errors()[0]
                 raise ValueError(f"{where}: value {value!r} is invalid "
