@@ -28,7 +28,7 @@ def trial_spec(spec: JobSpec, params: dict[str, Any], study_dir: str) -> JobSpec
         apply_override(raw, f"{path}={json.dumps(value)}", source="trial")
     raw["storage"]["path"] = study_dir
     raw["tracking"]["register_model"] = False  # the search registers its best trial once
-    return parse_spec(raw, source="trial")
+    return parse_spec(raw, source="trial", checked=True)  # the search's checks probed every value a trial can get
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,8 @@ def run_trial(config: dict[str, Any], context: StudyContext) -> None:
     if ended is not None:  # it finished before the driver died, after Tune's last snapshot: report, no rerun
         tune.report({**ended, EPOCHS_KEY: int(ended.get("epoch", 0)) + 1})
         return
-    spec = trial_spec(parse_spec(context.spec, source=f"job {context.job_id}"), config, context.study_dir)
+    search = parse_spec(context.spec, source=f"job {context.job_id}", checked=True)  # checked by the driver
+    spec = trial_spec(search, config, context.study_dir)
     trainer = build_trainer(spec, context.job_id, tracking_uri=context.tracking_uri, run_id="",
                             parent_run_id=context.parent_run_id, run_name=f"trial-{trial_id}", trial_id=trial_id,
                             callbacks=[InlineTuneReportCallback()], inline_controller=True)

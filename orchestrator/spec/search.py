@@ -15,7 +15,7 @@ from .overrides import SpecError, set_override
 from .schema import JobSpec, SearchDimension
 
 # fields a search may not vary: they name the job or decide where and how it runs
-UNSEARCHABLE = ("name", "task", "hpo", "storage", "tracking", "resources", "fault_tolerance", "data.root",
+UNSEARCHABLE = ("name", "task", "hpo", "eval", "storage", "tracking", "resources", "fault_tolerance", "data.root",
                 "data.format", "data.generate")
 
 
