@@ -23,7 +23,7 @@ from .reconcile import Reconciler
 from .settings import Settings
 from .spec import JobSpec, SpecError, load_spec, parse_spec
 from .store import JobRecord, JobState, JobStore, make_engine, upgrade
-from .tracking import TRIAL_END_TAG, TRIAL_ID_TAG, Tracker, TrackingError
+from .tracking import TRIAL_END_TAG, TRIAL_ID_TAG, RunSummary, Tracker, TrackingError, run_summary
 
 POLL_INTERVAL_S = 2.0
 
@@ -302,23 +302,26 @@ def report(ctx: Context, record: JobRecord) -> JobReport:
     return JobReport(record, metrics, url, f"{ctx.settings.ray_address}/#/jobs/{record.ray_submission_id or ''}")
 
 
-def compare(ctx: Context, experiment: str, metric: str | None = None):
+@contextlib.contextmanager
+def _tracking_errors() -> Iterator[None]:
+    """MLflow's failures as this layer's one-line errors."""
     try:
-        return ctx.tracker().run_summaries(experiment, metric=metric)
+        yield
     except TrackingError as error:
         raise OrchestratorError(str(error)) from None
 
 
+def compare(ctx: Context, experiment: str, metric: str | None = None) -> list[RunSummary]:
+    with _tracking_errors():
+        return ctx.tracker().run_summaries(experiment, metric=metric)
+
+
 @dataclass(frozen=True)
-class TrialSummary:
-    """One trial of a search as ``compare ID`` shows it: sampled values, how it ended, its last metrics."""
+class TrialSummary(RunSummary):
+    """One trial of a search as ``compare ID`` shows it: its run with the sampled values as params, how it ended."""
 
     trial_id: str
-    run_id: str
-    status: str
     outcome: str
-    params: dict[str, str]
-    metrics: dict[str, float]
 
 
 def compare_trials(ctx: Context, job_id: str) -> tuple[list[str], list[TrialSummary]]:
@@ -339,9 +342,9 @@ def compare_trials(ctx: Context, job_id: str) -> tuple[list[str], list[TrialSumm
         raise OrchestratorError(f"MLflow at {ctx.settings.mlflow_uri}: {error}".splitlines()[0]) from None
     paths = list(spec.hpo.space)
     trials = [
-        TrialSummary(run.data.tags.get(TRIAL_ID_TAG, ""), run.info.run_id, run.info.status,
-                     run.data.tags.get(TRIAL_END_TAG, "running" if run.info.status == "RUNNING" else ""),
-                     {path: run.data.params.get(path, "") for path in paths}, dict(run.data.metrics))
+        TrialSummary(**{**vars(run_summary(run)), "params": {path: run.data.params.get(path, "") for path in paths}},
+                     trial_id=run.data.tags.get(TRIAL_ID_TAG, ""),
+                     outcome=run.data.tags.get(TRIAL_END_TAG, "running" if run.info.status == "RUNNING" else ""))
         for run in children
     ]
     objective = spec.objectives[0]
@@ -351,10 +354,8 @@ def compare_trials(ctx: Context, job_id: str) -> tuple[list[str], list[TrialSumm
 
 
 def promote(ctx: Context, model: str, version: str) -> None:
-    try:
+    with _tracking_errors():
         ctx.tracker().promote(model, version)
-    except TrackingError as error:
-        raise OrchestratorError(str(error)) from None
 
 
 @dataclass(frozen=True)

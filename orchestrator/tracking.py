@@ -80,6 +80,12 @@ class RunSummary:
     params: dict[str, str]
 
 
+def run_summary(run: Any) -> RunSummary:
+    """An MLflow run as a row of ``compare``."""
+    return RunSummary(run.info.run_id, run.data.tags.get(JOB_ID_TAG, ""), run.info.run_name or "", run.info.status,
+                      dict(run.data.metrics), dict(run.data.params))
+
+
 @contextlib.contextmanager
 def _restored_environ(*names: str) -> Iterator[None]:
     """Puts the environment variables ``names`` back as they were when the block ends."""
@@ -265,11 +271,7 @@ class Tracker:
             raise TrackingError(f"MLflow at {self.tracking_uri}: no experiment named {experiment_name!r}")
         order = [f"metrics.`{metric}` DESC"] if metric else ["attributes.start_time DESC"]
         runs = self._call("search runs", self.client.search_runs, [experiment.experiment_id], order_by=order)
-        return [
-            RunSummary(run.info.run_id, run.data.tags.get(JOB_ID_TAG, ""), run.info.run_name or "",
-                       run.info.status, dict(run.data.metrics), dict(run.data.params))
-            for run in runs
-        ]
+        return [run_summary(run) for run in runs]
 
     # ------------------------------------------------------------------------------------ reads and UI links
 

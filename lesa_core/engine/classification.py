@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from ..metrics import names
 from ..metrics.accuracy import topk_correct
-from .loop import BatchLoss, OnStep, autocast, run_epoch, use_bf16
+from .loop import BatchLoss, autocast, run_epoch, use_bf16
 
 
 def _to_device(images: torch.Tensor, device: torch.device, amp: bool) -> torch.Tensor:
@@ -81,36 +81,18 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     *,
-    device: str | torch.device,
-    amp: bool = False,
-    epoch: int = 0,
-    on_step: OnStep | None = None,
-    grad_accum_steps: int = 1,
-    grad_clip: float | None = None,
-    ema: Any | None = None,
-    scaler: torch.amp.GradScaler | None = None,
     criterion: nn.Module | None = None,
     mixup_fn: Mixup | None = None,
+    **loop_options: Any,
 ) -> dict[str, float]:
-    """Train for one pass over ``loader``.
+    """Train for one pass over ``loader`` of (B, 3, H, W) images and (B,) labels.
 
     Args:
-        model: the model (plain, DDP or compiled), put in train mode.
-        loader: yields (B, 3, H, W) images and (B,) labels; its sampler is set to ``epoch``.
-        optimizer: stepped once every ``grad_accum_steps`` batches (and on the last batch).
-        scheduler: a timm scheduler; ``step_update(num_updates)`` after each optimizer step, ``num_updates``
-            counting optimizer steps since training began, so a resumed run lands on the same schedule.
-        device: where batches go.
-        amp: bf16 autocast and channels_last inputs on CUDA; no effect on CPU.
-        epoch: 0-based epoch index.
-        on_step: called after every batch as ``on_step(epoch * len(loader) + batch, {"train/loss", "train/lr",
-            "epoch"})``.
-        grad_accum_steps: batches per optimizer step; losses are averaged over the accumulated batches.
-        grad_clip: clip the global gradient norm to this before each optimizer step.
-        ema: e.g. ``timm.utils.ModelEmaV3``; ``ema.update(model, step=num_updates)`` after each optimizer step.
-        scaler: a ``torch.amp.GradScaler`` for fp16 training; bf16 (what ``amp`` uses) needs none.
+        model, loader, optimizer, scheduler: see :func:`~.loop.run_epoch`.
         criterion: loss of (logits, targets), default cross-entropy; a soft-target loss with ``mixup_fn``.
         mixup_fn: timm ``Mixup``, turns (images, labels) into mixed images and (B, C) soft targets.
+        **loop_options: ``device``, ``amp``, ``epoch``, ``on_step``, ``grad_accum_steps``, ``grad_clip``, ``ema``,
+            ``scaler``: the shared loop's keywords (:func:`~.loop.run_epoch`), the same for both tasks.
 
     Returns:
         ``train/loss`` (mean over batches), ``train/lr`` (at the last batch), ``train/images_per_sec`` (this
@@ -120,8 +102,7 @@ def train_one_epoch(
         FloatingPointError: a batch's loss is NaN or infinite; the message names the epoch and step.
     """
     batch_loss = classification_loss(criterion or nn.CrossEntropyLoss(), mixup_fn)
-    return run_epoch(model, loader, optimizer, scheduler, batch_loss=batch_loss, device=device, amp=amp, epoch=epoch,
-                     on_step=on_step, grad_accum_steps=grad_accum_steps, grad_clip=grad_clip, ema=ema, scaler=scaler)
+    return run_epoch(model, loader, optimizer, scheduler, batch_loss=batch_loss, **loop_options)
 
 
 @torch.no_grad()

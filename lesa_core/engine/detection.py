@@ -15,7 +15,7 @@ from torch import nn
 
 from ..metrics.coco_eval import CocoEvaluator
 from ..metrics.names import IOU_TYPES
-from .loop import OnStep, autocast, run_epoch
+from .loop import autocast, run_epoch
 
 
 def _to_device(images: list[torch.Tensor], targets: list[dict[str, Any]], device: torch.device):
@@ -36,21 +36,10 @@ def detection_loss(model: nn.Module, batch: Any, device: torch.device, amp: bool
 
 
 def train_one_epoch(
-    model: nn.Module,
-    loader: Iterable,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any | None,
-    *,
-    device: torch.device | str,
-    amp: bool = False,
-    epoch: int = 0,
-    on_step: OnStep | None = None,
-    grad_accum_steps: int = 1,
-    grad_clip: float | None = None,
-    ema: Any | None = None,
-    scaler: torch.amp.GradScaler | None = None,
+    model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, scheduler: Any | None, **loop_options: Any
 ) -> dict[str, float]:
-    """One pass over ``loader``; the arguments mean what they mean for the classification engine.
+    """One pass over ``loader``; ``loop_options`` are the shared loop's keywords (:func:`~.loop.run_epoch`:
+    ``device``, ``amp``, ``epoch``, ``on_step``, ``grad_accum_steps``, ``grad_clip``, ``ema``, ``scaler``).
 
     Returns:
         Epoch means of ``train/loss`` and ``train/loss_<term>``, ``train/lr``, ``train/images_per_sec``, ``epoch``.
@@ -58,9 +47,7 @@ def train_one_epoch(
     Raises:
         FloatingPointError: a non-finite loss, naming the epoch, the step and every loss term.
     """
-    return run_epoch(model, loader, optimizer, scheduler, batch_loss=detection_loss, device=device, amp=amp,
-                     epoch=epoch, on_step=on_step, grad_accum_steps=grad_accum_steps, grad_clip=grad_clip, ema=ema,
-                     scaler=scaler)
+    return run_epoch(model, loader, optimizer, scheduler, batch_loss=detection_loss, **loop_options)
 
 
 @torch.no_grad()

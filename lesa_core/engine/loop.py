@@ -58,7 +58,24 @@ def run_epoch(
     ema: Any | None = None,
     scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
-    """One pass over ``loader``: see the task engines' ``train_one_epoch`` for the arguments.
+    """One pass over ``loader``: the epoch of both task engines' ``train_one_epoch``.
+
+    Args:
+        model: the model (plain, DDP or compiled), put in train mode.
+        loader: the task's batches; its sampler (or batch sampler) is set to ``epoch`` first.
+        optimizer: stepped once every ``grad_accum_steps`` batches (and on the last batch).
+        scheduler: a timm scheduler; ``step_update(num_updates)`` after each optimizer step, ``num_updates``
+            counting optimizer steps since training began, so a resumed run lands on the same schedule.
+        batch_loss: how the task turns a batch into a loss.
+        device: where batches go.
+        amp: bf16 autocast (and channels_last classification inputs) on CUDA; no effect on CPU.
+        epoch: 0-based epoch index.
+        on_step: called after every batch as ``on_step(epoch * len(loader) + batch, {"train/loss", "train/lr",
+            "train/<part>", "epoch"})``.
+        grad_accum_steps: batches per optimizer step; losses are averaged over the accumulated batches.
+        grad_clip: clip the global gradient norm to this before each optimizer step.
+        ema: e.g. ``timm.utils.ModelEmaV3``; ``ema.update(model, step=num_updates)`` after each optimizer step.
+        scaler: a ``torch.amp.GradScaler`` for fp16 training; bf16 (what ``amp`` uses) needs none.
 
     Returns:
         Means over the epoch's batches of ``train/loss`` and each ``train/<part>``, ``train/lr`` at the last

@@ -25,15 +25,8 @@ class LocalTerm(nn.Module):
         dilation: dilation of the grouped conv; padding keeps the spatial size.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        num_heads: int = 8,
-        kernel_size: int = 3,
-        dilation: int = 1,
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, *, num_heads: int = 8, kernel_size: int = 3,
+                 dilation: int = 1) -> None:
         super().__init__()
         padding = dilation * (kernel_size - 1) // 2
         self.grouped_conv = nn.Conv2d(

@@ -46,47 +46,29 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> LesaResNet:
-    return build_model_with_cfg(
-        LesaResNet, variant, pretrained, model_cfg=MODEL_CFGS[variant],
-        **kwargs,
-    )
+# one-line description of each variant: its entry point's docstring
+DESCRIPTIONS: dict[str, str] = {
+    "lesa_resnet50": "LESA-ResNet-50: LESA in stage 3 from block 2 and all of stage 4 (79.55 top-1 in the paper).",
+    "lesa_resnet101": "LESA-ResNet-101: the ResNet-101 depths with the LESA-ResNet-50 placement.",
+    "lesa_wrn50": "LESA-WRN-50: Wide-ResNet-50-2 widths with LESA (80.18 top-1 in the paper).",
+    "sa_resnet50": "SA baseline: the context term alone in the places LESA takes.",
+    "conv_resnet50_s16": "Conv baseline: plain ResNet-50 with LESA's stage strides (stage 4 at stride 1).",
+    "test_lesa_resnet": "Tiny LESA-ResNet for tests: the full placement at 1/8 width.",
+}
 
 
-@register_model
-def lesa_resnet50(pretrained: bool = False, **kwargs: Any) -> LesaResNet:
-    """LESA-ResNet-50: LESA in stage 3 from block 2 and all of stage 4 (79.55 top-1 in the paper)."""
-    return _create("lesa_resnet50", pretrained, **kwargs)
+def _register(variant: str) -> None:
+    """Registers ``timm.create_model(variant, pretrained=False, **kwargs)``, also this module's ``variant``."""
+
+    def entry_point(pretrained: bool = False, **kwargs: Any) -> LesaResNet:
+        return build_model_with_cfg(LesaResNet, variant, pretrained, model_cfg=MODEL_CFGS[variant], **kwargs)
+
+    entry_point.__name__ = entry_point.__qualname__ = variant
+    entry_point.__doc__ = DESCRIPTIONS[variant]
+    globals()[variant] = register_model(entry_point)
 
 
-@register_model
-def lesa_resnet101(pretrained: bool = False, **kwargs: Any) -> LesaResNet:
-    """LESA-ResNet-101: the ResNet-101 depths with the LESA-ResNet-50 placement."""
-    return _create("lesa_resnet101", pretrained, **kwargs)
-
-
-@register_model
-def lesa_wrn50(pretrained: bool = False, **kwargs: Any) -> LesaResNet:
-    """LESA-WRN-50: Wide-ResNet-50-2 widths with LESA (80.18 top-1 in the paper)."""
-    return _create("lesa_wrn50", pretrained, **kwargs)
-
-
-@register_model
-def sa_resnet50(pretrained: bool = False, **kwargs: Any) -> LesaResNet:
-    """SA baseline: the context term alone in the places LESA takes."""
-    return _create("sa_resnet50", pretrained, **kwargs)
-
-
-@register_model
-def conv_resnet50_s16(pretrained: bool = False, **kwargs: Any) -> LesaResNet:
-    """Conv baseline: plain ResNet-50 with LESA's stage strides (stage 4 at stride 1)."""
-    return _create("conv_resnet50_s16", pretrained, **kwargs)
-
-
-@register_model
-def test_lesa_resnet(pretrained: bool = False, **kwargs: Any) -> LesaResNet:
-    """Tiny LESA-ResNet for tests: the full placement at 1/8 width."""
-    return _create("test_lesa_resnet", pretrained, **kwargs)
-
+for _variant in MODEL_CFGS:
+    _register(_variant)
 
 LESA_MODEL_NAMES: tuple[str, ...] = tuple(MODEL_CFGS)

@@ -14,7 +14,7 @@ import pyarrow.fs
 import torch
 from ray.train import Checkpoint
 
-from lesa_core.engine.checkpoint import read_checkpoint_file
+from lesa_core.engine.checkpoint import load_weights, read_weights
 
 from ..spec import JobSpec
 from ..tracking import Tracker
@@ -24,9 +24,10 @@ from .train_loop import CHECKPOINT_FILE, build_model
 def load_checkpoint_model(spec: JobSpec, checkpoint: Checkpoint) -> torch.nn.Module:
     """The model saved in a lesa-orch checkpoint, built as ``spec`` describes it, in eval mode."""
     with checkpoint.as_directory() as directory:
-        state = read_checkpoint_file(Path(directory) / CHECKPOINT_FILE)
-    model = build_model(spec, state["extra"]["num_classes"])
-    model.load_state_dict(state["model"])
+        path = Path(directory) / CHECKPOINT_FILE
+        state_dict, extra = read_weights(path)
+        model = build_model(spec, extra["num_classes"])
+        load_weights(model, state_dict, name=f"checkpoint {checkpoint.path}")
     return model.eval()
 
 

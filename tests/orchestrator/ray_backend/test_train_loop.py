@@ -1,9 +1,16 @@
+import inspect
+from dataclasses import replace
+from pathlib import Path
+
 import pyarrow.fs
 import ray.train
 from torch import nn
 
-from orchestrator.ray_backend.train_loop import CHECKPOINT_FILE, build_model, restore_point
-from orchestrator.spec import parse_spec
+from lesa_core.engine.optim import OptimConfig
+from lesa_core.layers import LesaAttention
+from lesa_core.tasks import PRESETS, QUICKSTART_DATA
+from orchestrator.ray_backend.train_loop import CHECKPOINT_FILE, build_model, restore_point, task_config
+from orchestrator.spec import load_spec, parse_spec
 
 
 def _checkpoint(path) -> ray.train.Checkpoint:
@@ -56,3 +63,26 @@ def test_the_spec_sizes_the_light_detection_heads():
     assert model.roi_heads.box_head.fc7.out_features == 48
     assert {conv.out_channels for conv in model.roi_heads.mask_head.modules() if isinstance(conv, nn.Conv2d)} == {24}
     assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 4
+
+
+JOBS = Path(__file__).resolve().parents[3] / "jobs"
+
+
+def test_the_spec_schedule_has_lesa_cores_one_set_of_optimizer_defaults():
+    spec = parse_spec({
+        "name": "defaults", "task": "classification", "data": {"root": "/data", "format": "imagenet"},
+        "schedule": {"epochs": 3, "batch_size_per_worker": 2, "lr": 0.1, "lr_reference_batch": 256},
+    })
+    assert task_config(spec).optim == OptimConfig(epochs=3, lr=0.1, lr_reference_batch=256)
+
+
+def test_one_worker_of_the_coco_quickstart_job_is_lesa_cores_quickstart_preset():
+    spec = load_spec(JOBS / "quickstart_coco.yaml", ["resources.num_workers=1", "data.root=/data/qc"])
+    config = task_config(spec)
+    preset = PRESETS["quickstart_coco"]
+    layer_defaults = {name: parameter.default for name, parameter in inspect.signature(LesaAttention).parameters.items()
+                      if name in config.model.lesa}
+    assert config.model.lesa == {**layer_defaults, **preset.model.lesa}
+    assert replace(config, model=replace(config.model, lesa=preset.model.lesa)) == replace(
+        preset, data=replace(preset.data, root="/data/qc"))
+    assert QUICKSTART_DATA["quickstart_coco"] == spec.data.synthetic.model_dump()  # the same generated images

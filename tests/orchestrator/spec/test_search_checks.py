@@ -13,7 +13,7 @@ from orchestrator import service
 from orchestrator.redaction import flatten_params, redacted_spec
 from orchestrator.spec import SpecError, load_spec
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TUNE = REPO / "jobs" / "quickstart_tune.yaml"
 CLI = str(Path(sys.executable).parent / "lesa-orch")
 TWO_OBJECTIVES = "hpo.objectives=[{metric: val/acc1, mode: max}, {metric: train/images_per_sec, mode: max}]"

@@ -39,7 +39,7 @@ from orchestrator.spec import parse_spec
 from orchestrator.store import JobState
 from orchestrator.tracking import Tracker
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 EXPERIMENT = "lesa/synthetic_coco/detection"
 CHROMIUM = Path("/usr/bin/chromium")
 needs_chromium = pytest.mark.skipif(

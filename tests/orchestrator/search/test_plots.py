@@ -14,7 +14,7 @@ from orchestrator.search.plots import pareto_front, write_study_plots
 from orchestrator.search.summary import TrialRecord
 from orchestrator.spec import load_spec
 
-TUNE = Path(__file__).resolve().parents[2] / "jobs" / "quickstart_tune.yaml"
+TUNE = Path(__file__).resolve().parents[3] / "jobs" / "quickstart_tune.yaml"
 DISTRIBUTIONS = {
     "model.lesa.fusion": CategoricalDistribution(["gate", "add", "gate_both"]),
     "model.lesa.unary_kernel": CategoricalDistribution([1, 3, 5]),
