@@ -53,17 +53,6 @@ class DetectorOptions(_Section):
     box_batch_size_per_image: int | None = Field(None, ge=1)
     box_detections_per_img: int | None = Field(None, ge=1)
 
-    def maskrcnn_kwargs(self) -> dict[str, int]:
-        """The sampling sizes that are set, as torchvision MaskRCNN keywords."""
-        fields = ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
-                  "rpn_post_nms_top_n_test", "box_batch_size_per_image", "box_detections_per_img")
-        return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
-
-    def light_head_widths(self) -> dict[str, int]:
-        """The light heads' widths that are set, as :func:`lesa_core.detection.mask_rcnn.light_heads` keywords."""
-        widths = {"representation_size": self.box_head_width, "mask_channels": self.mask_head_channels}
-        return {name: value for name, value in widths.items() if value is not None}
-
     @model_validator(mode="after")
     def _widths_need_light_heads(self) -> DetectorOptions:
         given = [name for name in ("box_head_width", "mask_head_channels") if getattr(self, name) is not None]
