@@ -97,8 +97,10 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # when MLflow learnt of the job's end (run closed, registered version read); null while that is still to do
+    finalized_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
-    @validates("created_at", "updated_at", "started_at", "ended_at")
+    @validates("created_at", "updated_at", "started_at", "ended_at", "finalized_at")
     def _validate_utc(self, _key: str, value: datetime | None) -> datetime | None:
         # Normalise on assignment, so snapshots taken before a reload already hold UTC.
         return None if value is None else as_utc(value)

@@ -1,4 +1,8 @@
-"""``JobStore``: create, read and move jobs through their lifecycle; callers get frozen snapshots."""
+"""``JobStore``: create, read and move jobs through their lifecycle; callers get frozen snapshots.
+
+Whatever a caller hands in, the store keeps no plain secret: a spec's literal secrets become ``***`` (its ``${VAR}``
+references stay, for a resume to expand again) and errors and event messages lose their URL passwords.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from ..redaction import redact_secrets, redact_url
 from .models import ALLOWED_TRANSITIONS, TASKS, Job, JobEvent, JobState, utc_now
 
 # Fields that `update` and `transition(**fields)` may set; state, attempts and error follow the lifecycle.
@@ -98,6 +103,12 @@ class JobRecord:
     updated_at: datetime
     started_at: datetime | None
     ended_at: datetime | None
+    finalized_at: datetime | None
+
+    @property
+    def is_settled(self) -> bool:
+        """In a final state that MLflow has learnt too: nothing is left to reconcile."""
+        return self.state.is_terminal and self.finalized_at is not None
 
     @classmethod
     def from_row(cls, job: Job) -> JobRecord:
@@ -149,8 +160,8 @@ class JobStore:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
         now = utc_now()
         job = Job(
-            id=job_id, name=name, task=task, state=JobState.PENDING.value, spec=spec, spec_path=spec_path,
-            ray_address=ray_address, attempts=1, created_at=now, updated_at=now,
+            id=job_id, name=name, task=task, state=JobState.PENDING.value, spec=redact_secrets(spec),
+            spec_path=spec_path, ray_address=ray_address, attempts=1, created_at=now, updated_at=now,
         )
         with self._sessions.begin() as session:
             if session.get(Job, job_id) is not None:
@@ -171,28 +182,32 @@ class JobStore:
         *,
         error: str | None = None,
         message: str | None = None,
+        tracking_pending: bool = False,
         **fields: Any,
     ) -> JobRecord:
         """Move a job to ``new_state`` and record the change; ``fields`` are set in the same transaction.
 
         Entering RUNNING sets ``started_at`` and entering a final state sets ``ended_at``, unless already set
-        (by ``fields``, e.g. the times Ray reports). ``error`` is kept on the row; the event message
+        (by ``fields``, e.g. the times Ray reports), and ``finalized_at``, unless ``tracking_pending`` (MLflow has yet
+        to learn of the end: see :meth:`mark_finalized`). ``error`` is kept on the row; the event message
         defaults to it.
         """
         new_state = JobState(new_state)
         _check_updatable(fields)
+        error, message = _redacted(error), _redacted(message)
         with self._sessions.begin() as session:
             job = self._load(session, job_id, for_update=True)
             old_state = JobState(job.state)
             if new_state not in ALLOWED_TRANSITIONS[old_state]:
                 raise InvalidTransitionError(job_id, old_state, new_state)
             now = utc_now()
-            for key, value in fields.items():
-                setattr(job, key, value)
+            _set_fields(job, fields)
             if new_state is JobState.RUNNING and job.started_at is None:
                 job.started_at = now
             if new_state.is_terminal and job.ended_at is None:
                 job.ended_at = now
+            if new_state.is_terminal and not tracking_pending:
+                job.finalized_at = now
             if error is not None:
                 job.error = error
             job.state = new_state.value
@@ -214,6 +229,7 @@ class JobStore:
             job.attempts += 1
             job.error = None
             job.ended_at = None
+            job.finalized_at = None
             job.updated_at = now
             session.add(JobEvent(job_id=job_id, at=now, from_state=old_state.value, to_state=job.state,
                                  message=message if message is not None else f"reopened for attempt {job.attempts}"))
@@ -224,9 +240,23 @@ class JobStore:
         _check_updatable(fields)
         with self._sessions.begin() as session:
             job = self._load(session, job_id)
-            for key, value in fields.items():
-                setattr(job, key, value)
+            _set_fields(job, fields)
             job.updated_at = utc_now()
+            return JobRecord.from_row(job)
+
+    def mark_finalized(self, job_id: str, *, error: str | None = None, **fields: Any) -> JobRecord:
+        """Record that MLflow has learnt of a finished job's end (``finalized_at``), with what was read on the way:
+        ``fields`` (run id, registered model and version) and the driver's ``error``, which replaces Ray's."""
+        _check_updatable(fields)
+        with self._sessions.begin() as session:
+            job = self._load(session, job_id, for_update=True)
+            if not JobState(job.state).is_terminal:
+                raise InvalidTransitionError(job_id, JobState(job.state), JobState(job.state),
+                                             "only a finished job is finalized")
+            _set_fields(job, fields)
+            if error is not None:
+                job.error = _redacted(error)
+            job.finalized_at = job.updated_at = utc_now()
             return JobRecord.from_row(job)
 
     def delete(self, job_id: str) -> None:
@@ -270,6 +300,16 @@ def _suggest_ids(session: Session, job_id: str) -> tuple[str, ...]:
         return tuple(prefixed)
     recent = session.scalars(select(Job.id).order_by(Job.created_at.desc()).limit(_SUGGESTION_POOL)).all()
     return tuple(difflib.get_close_matches(job_id, recent, n=_MAX_SUGGESTIONS, cutoff=_SUGGESTION_CUTOFF))
+
+
+def _set_fields(job: Job, fields: dict[str, Any]) -> None:
+    for key, value in fields.items():
+        setattr(job, key, redact_secrets(value) if key == "spec" else value)
+
+
+def _redacted(text: str | None) -> str | None:
+    """Ray's and MLflow's messages name servers, perhaps with a password in the URL."""
+    return None if text is None else redact_url(text)
 
 
 def _check_updatable(fields: dict[str, Any]) -> None:

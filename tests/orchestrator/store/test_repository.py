@@ -260,3 +260,44 @@ def test_records_are_frozen_snapshots_with_a_json_friendly_dict(store: JobStore)
     assert data["started_at"] is None
     event = json.loads(json.dumps(store.events("job-1")[-1].to_dict()))
     assert (event["from_state"], event["to_state"], event["message"]) == ("PENDING", "CANCELLED", "cancelled by user")
+
+
+def test_entering_a_final_state_finalizes_unless_tracking_is_pending(store: JobStore) -> None:
+    _create(store)
+    assert store.get("job-1").finalized_at is None
+    failed = store.transition("job-1", JobState.FAILED, error="submission refused")
+    assert failed.finalized_at == failed.ended_at and failed.is_settled
+    _create(store, "job-2")
+    store.transition("job-2", JobState.SUBMITTED)
+    pending = store.transition("job-2", JobState.SUCCEEDED, tracking_pending=True)
+    assert pending.finalized_at is None and not pending.is_settled
+    final = store.mark_finalized("job-2", error="RuntimeError: bad data", mlflow_run_id="run-1",
+                                 registered_model="lesa-detection-x", registered_version="2")
+    assert final.is_settled and final.finalized_at >= pending.ended_at
+    assert (final.mlflow_run_id, final.registered_version, final.error) == ("run-1", "2", "RuntimeError: bad data")
+    assert [e.to_state for e in store.events("job-2")][-1] == JobState.SUCCEEDED  # no state change recorded
+    assert store.reopen_for_resume("job-2").finalized_at is None
+    with pytest.raises(InvalidTransitionError, match="only a finished job is finalized"):
+        store.mark_finalized("job-2")
+
+
+def test_literal_secrets_and_url_passwords_never_reach_the_rows(store: JobStore, engine: Engine) -> None:
+    spec = {**SPEC, "tracking": {"tags": {"api_token": "t0ken-1", "owner": "ana", "db_password": "${DB_PASSWORD}"}},
+            "hpo": {"storage": "postgresql://optuna:hunter2@db:5432/optuna"},
+            "data": {"root": "s3://key:${S3_SECRET}@bucket/coco"}}
+    store.create("job-1", name="det", task="detection", spec=spec)
+    store.transition("job-1", JobState.SUBMITTED)
+    store.transition("job-1", JobState.FAILED, error="MLflow at http://lesa:pa55word@mlflow:5000: unreachable")
+    store.update("job-1", spec={**spec, "note": {"access_key": "AKIA123"}})
+
+    job = store.get("job-1")
+    assert job.spec["tracking"]["tags"] == {"api_token": "***", "owner": "ana", "db_password": "${DB_PASSWORD}"}
+    assert job.spec["hpo"]["storage"] == "postgresql://optuna:***@db:5432/optuna"
+    assert job.spec["data"]["root"] == "s3://key:${S3_SECRET}@bucket/coco"  # a reference is kept for the cluster
+    assert job.error == "MLflow at http://lesa:***@mlflow:5000: unreachable"
+    with engine.connect() as connection:
+        rows = [row for table in ("jobs", "job_events") for row in connection.exec_driver_sql(f"SELECT * FROM {table}")]
+    stored = " ".join(str(value) for row in rows for value in row)
+    dumped = json.dumps(job.to_dict())
+    for secret in ("t0ken-1", "hunter2", "pa55word", "AKIA123"):
+        assert secret not in stored and secret not in dumped
