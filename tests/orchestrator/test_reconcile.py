@@ -1,5 +1,6 @@
 """Reconciling job rows with Ray and MLflow: a fake Ray Jobs client, the real job store on a throwaway SQLite file
-and a real MLflow backend store (SQLite) with a real registered model."""
+and a real MLflow backend store (SQLite) with a real registered model; MLflow "down" is a server URI nothing
+listens on."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from orchestrator.ray_backend.jobs import RayJobInfo
 from orchestrator.reconcile import Reconciler
 from orchestrator.store import JobState, JobStore, make_engine, upgrade
 from orchestrator.tracking import ERROR_TAG, JOB_ID_TAG, PARENT_RUN_TAG, Tracker
+from tests.conftest import free_port
 
 EXPERIMENT = "lesa/reconcile/classification"
 MODEL = "lesa-classification-test_lesa_resnet"
@@ -165,3 +167,71 @@ def test_reconciling_twice_is_reconciling_once(store, ray, reconciler, tracker):
     assert reconciler.finalize(first, info) == first  # finalizing a final row changes nothing
     assert store.events("job-twice") == events
     assert tracker.client.get_run(run_id).info.end_time == ended
+
+
+@dataclass
+class Mlflow:
+    """The tracker a reconciler gets: the real one, or (while ``down``) one whose server does not answer."""
+
+    up: Tracker
+    down: Tracker
+    is_down: bool = False
+
+    def __call__(self) -> Tracker:
+        return self.down if self.is_down else self.up
+
+
+@pytest.fixture
+def mlflow_outage(store, ray, tracker, monkeypatch) -> tuple[Mlflow, Reconciler]:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a dead server fails at once, not in minutes
+    mlflow = Mlflow(tracker, Tracker(f"http://127.0.0.1:{free_port()}"))
+    return mlflow, Reconciler(store, lambda: ray, mlflow)
+
+
+def test_a_job_that_succeeded_while_mlflow_was_down_is_finalized_once_it_is_back(store, ray, tracker, mlflow_outage):
+    mlflow, reconciler = mlflow_outage
+    _submitted(store, ray, "job-late")
+    run_id = _driver_run(tracker, "job-late")
+    ray.set("job-late", "RUNNING")
+    assert reconciler.refresh("job-late").mlflow_run_id == run_id
+    # the driver registered its model and tagged the run; its last call, closing the run, never reached MLflow
+    tracker.set_tags(run_id, {"lesa.registered_model": MODEL, "lesa.registered_version": "7"})
+    mlflow.is_down = True
+    ray.set("job-late", "SUCCEEDED")
+
+    ended = reconciler.refresh("job-late")
+    assert ended.state == JobState.SUCCEEDED and ended.ended_at is not None
+    assert ended.finalized_at is None and ended.registered_version is None and not ended.is_settled
+    calls = ray.calls
+    assert reconciler.refresh("job-late") == ended  # still down: nothing changes, and Ray is not asked again
+    assert ray.calls == calls and tracker.client.get_run(run_id).info.status == "RUNNING"
+
+    mlflow.is_down = False
+    finalized = reconciler.refresh("job-late")
+    assert finalized.is_settled and (finalized.registered_model, finalized.registered_version) == (MODEL, "7")
+    assert tracker.client.get_run(run_id).info.status == "FINISHED"
+    assert reconciler.refresh("job-late") == finalized and ray.calls == calls
+    assert [e.to_state for e in store.events("job-late")] == ["PENDING", "SUBMITTED", "RUNNING", "SUCCEEDED"]
+
+
+def test_a_job_that_failed_while_mlflow_was_down_gets_its_run_its_error_and_closed_runs_later(
+    store, ray, tracker, mlflow_outage
+):
+    mlflow, reconciler = mlflow_outage
+    _submitted(store, ray, "job-dark")
+    run_id = _driver_run(tracker, "job-dark")  # opened, but never linked: MLflow went down before the next poll
+    trial = tracker.client.create_run(tracker.experiment_id(EXPERIMENT), tags={PARENT_RUN_TAG: run_id})
+    tracker.set_tags(run_id, {ERROR_TAG: "RuntimeError: 16 unreadable images in a row"})
+    mlflow.is_down = True
+    ray.set("job-dark", "FAILED", RAY_FAILURE)
+
+    failed = reconciler.refresh("job-dark")
+    assert failed.state == JobState.FAILED and failed.finalized_at is None and failed.mlflow_run_id is None
+    assert failed.error.startswith("Job entrypoint command failed with exit code 1")
+
+    mlflow.is_down = False
+    finalized = reconciler.refresh("job-dark")
+    assert finalized.is_settled and finalized.mlflow_run_id == run_id
+    assert finalized.error == "RuntimeError: 16 unreadable images in a row"
+    assert tracker.client.get_run(run_id).info.status == "FAILED"
+    assert tracker.client.get_run(trial.info.run_id).info.status == "FAILED"
