@@ -1,8 +1,9 @@
 """The job spec: one YAML file per job, validated by pydantic, with ``--set a.b=c`` overrides.
 
 ``schema`` holds the sections and :class:`JobSpec`, ``overrides`` walks dotted paths of the schema, ``search``
-checks an ``hpo`` block, ``checks`` runs what consults ``lesa_core`` (metric names), and ``loading`` reads a file
-(YAML, ``${VAR}``, overrides, validation, one-line errors).
+checks an ``hpo`` block, ``checks`` runs what consults ``lesa_core`` (metric names, the arch, the model built on the
+meta device, the data layout, each probed trial of a search), and ``loading`` reads a file (YAML, ``${VAR}``,
+overrides, validation, one-line errors).
 Load specs with :func:`load_spec` or :func:`parse_spec`: they run every check.
 """
 

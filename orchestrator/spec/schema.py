@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -54,7 +54,10 @@ class DetectorOptions(_Section):
     box_detections_per_img: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
-    def _widths_need_light_heads(self) -> DetectorOptions:
+    def _sizes_and_widths_fit(self) -> DetectorOptions:
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size={self.min_size} exceeds max_size={self.max_size} (the shorter image side "
+                             "is resized to min_size unless the longer one would pass max_size)")
         given = [name for name in ("box_head_width", "mask_head_channels") if getattr(self, name) is not None]
         if given and not self.light_heads:
             raise ValueError(f"{given[0]} sizes the light heads; set light_heads: true or drop it")
@@ -89,6 +92,16 @@ class DataSection(_Section):
     img_size: int = Field(224, ge=16, description="classification crop size")
     crop_scale: tuple[float, float] = Field((0.08, 1.0), description="classification random-resized-crop area range")
     auto_augment: str | None = Field(None, description="timm RandAugment string, e.g. rand-m9-mstd0.5")
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _crop_scale_is_an_area_range(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        low, high = scale
+        if not 0 < low <= 1 or not 0 < high <= 1:
+            raise ValueError(f"[{low:g}, {high:g}]: both ends are fractions of the image area, in (0, 1]")
+        if low > high:
+            raise ValueError(f"[{low:g}, {high:g}] must be ordered [low, high]")
+        return scale
 
 
 class ScheduleSection(_Section):
@@ -280,6 +293,10 @@ class JobSpec(_Section):
             )
         if self.task == "detection" and self.model.lesa.pos_embed != "rel2d":
             raise ValueError("model.lesa.pos_embed must be 'rel2d' for detection (images of any size)")
+        split = next((name for name in ("train_split", "val_split") if getattr(self.data, name)), None)
+        if self.task == "classification" and split:
+            raise ValueError(f"data.{split} names a COCO split; a classification job reads <data.root>/train and "
+                             "<data.root>/val")
         return self
 
     @property

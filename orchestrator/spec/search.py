@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,26 +21,41 @@ UNSEARCHABLE = ("name", "task", "hpo", "eval", "storage", "tracking", "resources
 
 
 def probe_values(dimension: SearchDimension) -> list[Any]:
-    """Values that stand for all a trial can get: every choice; for a range both ends and the first step
-    (catches odd/even rules), for a continuous one an inside point off any step (catches an int field)."""
+    """Values that stand for all a trial can get: every choice; for a range both ends, the first step (catches
+    odd/even rules) and a middle point; for a continuous one two inside points off any step (catch an int field)."""
     if dimension.type == "choice":
         return list(dimension.values or [])
     low, high, q = dimension.low, dimension.high, dimension.q
     if dimension.type == "int":
         points = dimension.grid_points() or []
-        return [points[0], points[1], points[-1]]
-    if dimension.type == "quantized":
+        probes = [points[0], points[1], points[len(points) // 2], points[-1]]
+    elif dimension.type == "quantized":
         steps = math.floor((high - low) / q + 1e-9)
-        return [low, low + q, low + steps * q]
-    if dimension.type == "loguniform":  # golden section in log space
-        return [low, low * (high / low) ** 0.381966, high]
-    return [low, low + 0.381966 * (high - low), high]
+        probes = [low + k * q for k in (0, 1, steps // 2, steps)]
+    elif dimension.type == "loguniform":  # golden sections in log space
+        probes = [low * (high / low) ** fraction for fraction in (0, 0.381966, 0.618034)] + [high]
+    else:
+        probes = [low + fraction * (high - low) for fraction in (0, 0.381966, 0.618034)] + [high]
+    return list(dict.fromkeys(probes))
 
 
-def check_search(spec: JobSpec) -> None:
-    """Every searched path exists and may be searched, every value a trial can get is valid, the objectives are
-    reported and the scheduler fits the schedule (nothing to check without ``hpo``). Raises ValueError whose message
-    starts with the ``hpo`` field at fault."""
+def _shown(value: Any) -> str:
+    """A probed value as ``--set`` would write it."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def check_search(spec: JobSpec, check_trial: Callable[[JobSpec], None]) -> None:
+    """Every searched path exists and may be searched, every value a trial can get makes a valid job, the objectives
+    are reported and the scheduler fits the schedule (nothing to check without ``hpo``).
+
+    Args:
+        spec: the search.
+        check_trial: the checks a plain job passes beyond its schema (the model builds, ...), run on each probed
+            trial; raises ValueError.
+
+    Raises:
+        ValueError: the message starts with the ``hpo`` field at fault, ``hpo.space.<path>=<value>`` for a value.
+    """
     hpo = spec.hpo
     if hpo is None:
         return
@@ -75,8 +91,13 @@ def check_search(spec: JobSpec) -> None:
             except SpecError as error:
                 raise ValueError(f"{where}: {str(error).split(': ', 1)[1]}") from None
             try:
-                JobSpec.model_validate(trial)
+                trial_spec = JobSpec.model_validate(trial)
             except ValidationError as error:
                 problem = error.errors()[0]
-                raise ValueError(f"{where}: value {value!r} is invalid "
-                                 f"({problem['msg'].removeprefix('Value error, ')})") from None
+                location = ".".join(str(part) for part in problem["loc"])
+                raise ValueError(f"{where}={_shown(value)}: {location + ': ' if location else ''}"
+                                 f"{problem['msg'].removeprefix('Value error, ')}") from None
+            try:
+                check_trial(trial_spec)
+            except ValueError as error:
+                raise ValueError(f"{where}={_shown(value)}: {error}") from None

@@ -82,14 +82,15 @@ def test_a_grid_search_counts_its_points():
         (["hpo.space.data.root={type: choice, values: [/a, /b]}"], r"data\.root cannot be searched"),
         # values a trial could get that the spec rejects
         (["hpo.space.model.lesa.unary_kernel={type: choice, values: [1, 2, 3]}"],
-         r"hpo\.space\.model\.lesa\.unary_kernel: value 2 is invalid \(unary_kernel=2 must be odd\)"),
-        (["hpo.space.model.lesa.unary_kernel={type: int, low: 1, high: 5}"], r"value 2 is invalid .*must be odd"),
+         r"hpo\.space\.model\.lesa\.unary_kernel=2: model\.lesa: unary_kernel=2 must be odd"),
+        (["hpo.space.model.lesa.unary_kernel={type: int, low: 1, high: 5}"], r"unary_kernel=2: .*must be odd"),
         (["hpo.space.model.lesa.unary_kernel={type: quantized, low: 1, high: 5, q: 1}"], r"must be odd"),
         (["hpo.space.model.lesa.num_heads={type: int, low: 0, high: 8}"],
-         r"hpo\.space\.model\.lesa\.num_heads: value 0 is invalid \(Input should be greater than or equal to 1\)"),
+         r"hpo\.space\.model\.lesa\.num_heads=0: model\.lesa\.num_heads: Input should be greater than or equal to 1"),
         (["hpo.space.model.lesa.num_heads={type: uniform, low: 1, high: 8}"],
-         r"hpo\.space\.model\.lesa\.num_heads: value .* is invalid \(Input should be a valid integer"),
-        (["hpo.space.model.lesa.fusion={type: choice, values: [gate, mean]}"], r"value 'mean' is invalid"),
+         r"hpo\.space\.model\.lesa\.num_heads=3\.6\d*: model\.lesa\.num_heads: Input should be a valid integer"),
+        (["hpo.space.model.lesa.fusion={type: choice, values: [gate, mean]}"],
+         r"fusion=mean: model\.lesa\.fusion: Input should be"),
         (["hpo.space.schedule.warmup_epochs={type: uniform, low: 0, high: 6}"], r"warmup_epochs=6.0 exceeds epochs=4"),
         # ranges
         (["hpo.space.schedule.lr.high=0.00001"], r"hpo\.space\.schedule\.lr: low=0\.0001 must be below high=1e-05"),
@@ -154,11 +155,14 @@ def test_validate_on_a_bad_search_exits_with_one_line(tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
-    assert "quickstart_tune.yaml: hpo.space.model.lesa.unary_kernel: value 2 is invalid" in lines[0]
+    assert "quickstart_tune.yaml: hpo.space.model.lesa.unary_kernel=2: model.lesa: unary_kernel=2 must be odd" in \
+        lines[0]
 
 
 def test_the_imagenet_search_validates(tmp_path, monkeypatch):
-    monkeypatch.setenv("IMAGENET_ROOT", str(tmp_path))  # validate checks that the data root exists
+    monkeypatch.setenv("IMAGENET_ROOT", str(tmp_path))  # validate checks that the data root exists, with its layout
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
     monkeypatch.delenv("LESA_STORAGE", raising=False)
     spec = service.validate(REPO / "jobs" / "tune_lesa_fusion.yaml")
     assert (spec.model.arch, spec.data.root, spec.data.img_size, spec.model.img_size) == (
