@@ -1,6 +1,7 @@
 """Best checkpoint -> logged MLflow model -> registered version, for a job and for a search.
 
-A job registers the best checkpoint of its Ray Train result; a search, its best trial's best checkpoint. Either
+A job registers the best evaluated checkpoint of its Ray Train result (``scoring.CheckpointScore``: never one
+whose epoch did not evaluate); a search, its best trial's best checkpoint. Either
 way the model is rebuilt from the checkpoint, logged in the job's run, registered as ``lesa-<task>-<arch>`` with
 the alias ``candidate``, and the run is tagged with the name and version (the job store reads them back).
 """
@@ -18,6 +19,7 @@ from lesa_core.engine.checkpoint import load_weights, read_weights
 
 from ..spec import JobSpec
 from ..tracking import Tracker
+from .scoring import checkpoint_score
 from .train_loop import CHECKPOINT_FILE, build_model
 
 
@@ -32,12 +34,13 @@ def load_checkpoint_model(spec: JobSpec, checkpoint: Checkpoint) -> torch.nn.Mod
 
 
 def best_job_checkpoint(spec: JobSpec, result: Any) -> tuple[Checkpoint, dict[str, float]]:
-    """A job's best checkpoint by its primary metric (else its last one), with that checkpoint's metrics."""
-    checkpoint = result.get_best_checkpoint(metric=spec.primary_metric, mode=spec.eval.mode) or result.checkpoint
-    if checkpoint is None:
-        raise RuntimeError("training reported no checkpoint")
-    best_metrics = next((m for c, m in result.best_checkpoints if c.path == checkpoint.path), result.metrics)
-    return checkpoint, dict(best_metrics)
+    """A job's best evaluated checkpoint among those Ray Train kept, with that checkpoint's metrics."""
+    score = checkpoint_score(spec)
+    best = score.best(result.best_checkpoints or [])
+    if best is None:
+        raise RuntimeError(f"training reported no checkpoint of an epoch that evaluated {score.metric}")
+    checkpoint, metrics = best
+    return checkpoint, dict(metrics)
 
 
 def stored_checkpoint(path: str, storage_path: str) -> Checkpoint:

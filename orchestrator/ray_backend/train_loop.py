@@ -1,8 +1,9 @@
 """What every Ray Train worker runs: a job spec turned into a ``lesa_core.tasks`` run, plus Ray and MLflow.
 
 Under DDP (gloo on CPU, NCCL on GPU, set up by Ray Train) each worker trains on its shard; rank 0 logs
-the epoch's metrics to MLflow and saves the checkpoint that ``ray.train.report`` hands to Ray Train. Every
-worker also exports live step metrics through Ray's metrics agent (``metrics.TrainingMetrics``).
+the epoch's metrics to MLflow and saves the checkpoint that ``ray.train.report`` hands to Ray Train, with what
+that epoch measured and the score Ray Train ranks it by (``scoring.CheckpointScore``). Every worker also exports
+live step metrics through Ray's metrics agent (``metrics.TrainingMetrics``).
 A restarted worker group, or a resubmitted job with the same run name, continues from
 ``ray.train.get_checkpoint()``. No model math here: only wiring.
 """
@@ -27,6 +28,7 @@ from lesa_core.tasks import DataConfig, DetectorConfig, ModelConfig, TaskConfig,
 from ..spec import JobSpec, parse_spec
 from ..tracking import Tracker
 from .metrics import TrainingMetrics
+from .scoring import CHECKPOINT_SCORE, EPOCHS_KEY, CheckpointScore
 
 CHECKPOINT_FILE = "checkpoint.pth"
 
@@ -100,6 +102,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank = context.get_world_rank()
     device = ray.train.torch.get_device()
     task = build_task(task_config(spec), device=device, prepare_model=ray.train.torch.prepare_model)
+    score = CheckpointScore(*config["checkpoint_score"])
     start_epoch, last_eval = 0, {}
     run_name = config.get("run_name", config["job_id"])  # a search names each trial's run
     checkpoint = restore_point(ray.train.get_checkpoint(), spec.storage.path, run_name)
@@ -122,7 +125,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     first_step_at = time.time()  # when training starts: a search's per-trial start-up cost ends here
     if start_epoch >= spec.schedule.epochs:  # restored after the last epoch: say so, or a search sees no result
-        ray.train.report({**last_eval, "epoch": float(start_epoch - 1), "epochs_completed": start_epoch,
+        ray.train.report({**last_eval, "epoch": float(start_epoch - 1), EPOCHS_KEY: start_epoch,
                           "first_step_at": first_step_at})
     for epoch in range(start_epoch, spec.schedule.epochs):
         metrics = task.train_one_epoch(epoch, on_step=live_metrics.on_step,
@@ -130,10 +133,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         fresh_eval: dict[str, float] = {}
         if task.config.evaluates_after(epoch):
             fresh_eval = last_eval = task.evaluate()
-        metrics = {**metrics, "epoch": float(epoch)}
-        if tracker is not None:  # MLflow gets evaluations only when they happen
-            tracker.log_metrics(run_id, {**metrics, **fresh_eval}, step=epoch)
-            summary = " ".join(f"{key}={value:.4g}" for key, value in sorted({**metrics, **fresh_eval}.items()))
+        # MLflow and Ray Train get an epoch's own measurements: evaluations only when they happen
+        measured = {**metrics, "epoch": float(epoch), **fresh_eval}
+        if tracker is not None:
+            tracker.log_metrics(run_id, measured, step=epoch)
+            summary = " ".join(f"{key}={value:.4g}" for key, value in sorted(measured.items()))
             print(f"lesa-orch: epoch {epoch} {summary}", flush=True)
         with tempfile.TemporaryDirectory() as directory:
             report_checkpoint = None
@@ -142,6 +146,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                 scheduler=task.scheduler, scaler=None, epoch=epoch + 1,
                                 extra={**task.extra, "num_classes": task.num_classes, "eval_metrics": last_eval})
                 report_checkpoint = ray.train.Checkpoint.from_directory(directory)
-            # Ray Train scores checkpoints by the primary metric, so every report carries the latest evaluation
-            progress = {"epochs_completed": epoch + 1, "first_step_at": first_step_at}
-            ray.train.report({**metrics, **last_eval, **progress}, checkpoint=report_checkpoint)
+            progress = {EPOCHS_KEY: epoch + 1, "first_step_at": first_step_at}
+            ray.train.report({**measured, CHECKPOINT_SCORE: score.value(measured if fresh_eval else {}), **progress},
+                             checkpoint=report_checkpoint)

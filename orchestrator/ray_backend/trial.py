@@ -15,9 +15,8 @@ from ray import tune
 
 from ..spec import JobSpec, apply_override, parse_spec
 from .compat import InlineTuneReportCallback
+from .scoring import EPOCHS_KEY, checkpoint_score
 from .trainer import build_trainer
-
-EPOCHS_KEY = "epochs_completed"
 
 
 def trial_spec(spec: JobSpec, params: dict[str, Any], study_dir: str) -> JobSpec:
@@ -48,7 +47,8 @@ class StudyContext:
 
 
 def run_trial(config: dict[str, Any], context: StudyContext) -> None:
-    """Tune function for one trial: fits the job's TorchTrainer with the trial's values, reporting to Tune."""
+    """Tune function for one trial: fits the job's TorchTrainer with the trial's values, reporting to Tune; its
+    checkpoints rank by the search's first objective, which picks the trial's best checkpoint."""
     trial_id = tune.get_context().get_trial_id()
     ended = context.ended_trials.get(trial_id)
     if ended is not None:  # it finished before the driver died, after Tune's last snapshot: report, no rerun
@@ -58,5 +58,6 @@ def run_trial(config: dict[str, Any], context: StudyContext) -> None:
     spec = trial_spec(search, config, context.study_dir)
     trainer = build_trainer(spec, context.job_id, tracking_uri=context.tracking_uri, run_id="",
                             parent_run_id=context.parent_run_id, run_name=f"trial-{trial_id}", trial_id=trial_id,
-                            callbacks=[InlineTuneReportCallback()], inline_controller=True)
+                            callbacks=[InlineTuneReportCallback()], inline_controller=True,
+                            score=checkpoint_score(search))
     trainer.fit()

@@ -16,7 +16,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from ..ray_backend.cluster import worker_resources
 from ..ray_backend.compat import live_trial, mark_searcher_trial_completed, searcher_study, searcher_trials
-from ..ray_backend.trial import EPOCHS_KEY
+from ..ray_backend.scoring import EPOCHS_KEY
 from ..spec import JobSpec
 from .space import build_sampler, search_space
 

@@ -12,7 +12,7 @@ import optuna
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
 from ..ray_backend.failures import one_line
-from ..ray_backend.trial import EPOCHS_KEY
+from ..ray_backend.scoring import EPOCHS_KEY, checkpoint_score
 from ..spec import JobSpec
 from ..tracking import Tracker
 from .plots import write_study_plots
@@ -36,8 +36,9 @@ class TrialRecord:
 
 
 def trial_records(spec: JobSpec, grid: Any, max_epochs: int) -> list[TrialRecord]:
-    """A record per trial of Tune's result grid; a trial's best is its best report that came with a checkpoint."""
-    objective = spec.objectives[0]
+    """A record per trial of Tune's result grid; a trial's best is its best scored checkpoint
+    (``scoring.CheckpointScore`` by the first objective, which its Ray Train run kept)."""
+    score = checkpoint_score(spec)
     records = []
     for result in grid:
         frame = result.metrics_dataframe
@@ -46,15 +47,12 @@ def trial_records(spec: JobSpec, grid: Any, max_epochs: int) -> list[TrialRecord
         outcome = "failed" if result.error else ("completed" if epochs >= max_epochs else "stopped_early")
         best: dict[str, float] = {}
         checkpoint = None
-        if frame is not None and objective.metric in frame:
-            scored = frame.dropna(subset=[objective.metric])
-            if CHECKPOINT_PATH_KEY in scored:
-                scored = scored.dropna(subset=[CHECKPOINT_PATH_KEY])
-            if len(scored):
-                row = scored.loc[scored[objective.metric].idxmax() if objective.mode == "max"
-                                 else scored[objective.metric].idxmin()]
+        if frame is not None and CHECKPOINT_PATH_KEY in frame:
+            reports = frame.dropna(subset=[CHECKPOINT_PATH_KEY])
+            found = score.best((row[CHECKPOINT_PATH_KEY], row) for _, row in reports.iterrows())
+            if found is not None:
+                checkpoint, row = found
                 best = {o.metric: float(row[o.metric]) for o in spec.objectives if o.metric in row}
-                checkpoint = row.get(CHECKPOINT_PATH_KEY)
         records.append(TrialRecord(
             trial_id=metrics.get("trial_id", result.path.rsplit("/", 1)[-1]),
             params={path: result.config.get(path) for path in spec.hpo.space} if result.config else {},
