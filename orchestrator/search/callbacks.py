@@ -17,7 +17,7 @@ from ray.util import state as ray_state
 from ray.util.placement_group import PlacementGroup, remove_placement_group
 
 from ..ray_backend.failures import one_line
-from ..ray_backend.trial import EPOCHS_KEY
+from ..ray_backend.scoring import EPOCHS_KEY
 from ..tracking import ERROR_TAG, TRIAL_END_TAG, TRIAL_ID_TAG, Tracker
 
 SWEEP_INTERVAL_S = 2.0
@@ -78,21 +78,28 @@ class TrialRunTracking(tune.Callback):
 
 
 def release_orphaned_worker_groups() -> int:
-    """Removes placement groups whose Ray Train workers are all dead; returns how many.
+    """Removes the calling Ray job's placement groups whose Ray Train workers are all dead; returns how many.
 
     When ASHA stops a trial, Tune ends the trial's actor and with it the Train controller that would have
     removed its workers' placement group, which then holds its CPUs and GPUs until the search ends. A group
-    that had workers and has no live one left is such a leftover: a live run removes its own groups.
+    that had workers and has no live one left is such a leftover: a live run removes its own groups. Only this
+    job's groups and workers are looked at (the search's trials are its actors): another job's are not its to free.
+    The cluster is the one this driver is connected to, not whatever ``RAY_ADDRESS`` or a local lookup would find.
     """
-    actors = ray_state.list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=10_000, detail=True,
-                                   raise_on_missing_output=False)
+    context = ray.get_runtime_context()
+    job_id, address = context.get_job_id(), context.gcs_address
+    actors = ray_state.list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"),
+                                                             ("job_id", "=", job_id)],
+                                   limit=10_000, detail=True, raise_on_missing_output=False)
     by_group: dict[str, list[str]] = {}
     for actor in actors:
         if actor.placement_group_id:
             by_group.setdefault(actor.placement_group_id, []).append(actor.state)
+    groups = ray_state.list_placement_groups(address=address, filters=[("state", "=", "CREATED"),
+                                                                       ("creator_job_id", "=", job_id)],
+                                             limit=10_000, raise_on_missing_output=False)
     released = 0
-    for group in ray_state.list_placement_groups(filters=[("state", "=", "CREATED")], limit=10_000,
-                                                 raise_on_missing_output=False):
+    for group in groups:
         states = by_group.get(group.placement_group_id)
         if states and all(s == "DEAD" for s in states):
             remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group.placement_group_id))))
