@@ -1,9 +1,11 @@
 """The driver of a lesa-orch job: the Ray Jobs entrypoint, run on the cluster.
 
-It reads the resolved spec from ``LESA_JOB_SPEC``, generates the quickstart dataset if asked, opens the
+It reads the resolved spec from ``LESA_JOB_SPEC`` and expands its ``${VAR}`` references to secrets (and those in
+``LESA_ENV_TEMPLATES``) with the cluster's environment, generates the quickstart dataset if asked, opens the
 job's MLflow run (the same one again on resume), runs a ``TorchTrainer`` named after the job id (so a
 resubmission restores its checkpoints), registers the best checkpoint's model with alias ``candidate``
-and closes the run FINISHED, FAILED or KILLED. Its last line is ``LESA_RESULT {json}``.
+and closes the run FINISHED, FAILED or KILLED. Its last line is ``LESA_RESULT {json}``; an error it dies of is
+printed with URL passwords hidden.
 """
 
 from __future__ import annotations
@@ -12,14 +14,19 @@ import json
 import os
 import signal
 import sys
+import traceback
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
 from lesa_core.data.synthetic import write_coco_dataset, write_imagenet_dataset
 
+from ..redaction import redact_url
 from ..spec import JobSpec, parse_spec
+from ..spec.loading import expand_references
 from ..tracking import ERROR_TAG, Tracker
 from .failures import one_line
+from .jobs import ENV_TEMPLATES_VAR, SPEC_VAR
 from .registration import best_job_checkpoint, register_checkpoint
 from .trainer import build_trainer
 
@@ -75,7 +82,7 @@ def run_job(
     except BaseException as error:
         stopped = isinstance(error, KeyboardInterrupt) or (stop is not None and stop.received)
         if not stopped:
-            tracker.set_tags(run_id, {ERROR_TAG: one_line(error)})
+            tracker.set_tags(run_id, {ERROR_TAG: redact_url(one_line(error))})
         status = "KILLED" if stopped else "FAILED"
         if spec.hpo is not None:
             tracker.end_open_trial_runs(run_id, status)
@@ -93,14 +100,28 @@ def _train(spec: JobSpec, job_id: str, tracker: Tracker, run_id: str) -> dict[st
     return outcome
 
 
-def main() -> None:
+def read_job(environ: MutableMapping[str, str]) -> JobSpec:
+    """The job's spec with every reference expanded from ``environ``, where the job runs; the variables Ray was
+    handed with references (``LESA_ENV_TEMPLATES``) are set in ``environ`` expanded the same way."""
+    source = f"job {environ['LESA_JOB_ID']}"
+    for name, template in json.loads(environ.get(ENV_TEMPLATES_VAR, "{}")).items():
+        environ[name] = expand_references(template, f"{source}: {name}", environ)
+    return parse_spec(json.loads(environ[SPEC_VAR]), source=source, expand_secrets=True, environ=environ)
+
+
+def main() -> int:
     stop = StopSignal()
     signal.signal(signal.SIGTERM, stop)
-    job_id = os.environ["LESA_JOB_ID"]
-    spec = parse_spec(json.loads(os.environ["LESA_JOB_SPEC"]), source=f"job {job_id}")
-    tracker = Tracker(os.environ["MLFLOW_TRACKING_URI"])
-    outcome = run_job(spec, job_id, os.environ.get("LESA_SUBMISSION_ID", job_id), tracker, stop)
+    try:
+        spec = read_job(os.environ)
+        tracker = Tracker(os.environ["MLFLOW_TRACKING_URI"])
+        job_id = os.environ["LESA_JOB_ID"]
+        outcome = run_job(spec, job_id, os.environ.get("LESA_SUBMISSION_ID", job_id), tracker, stop)
+    except Exception:  # the log (and so the job's error) must not show a password the driver expanded
+        print(redact_url(traceback.format_exc()), file=sys.stderr, flush=True)
+        return 1
     print(RESULT_PREFIX + json.dumps(outcome, default=str), flush=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,41 +1,68 @@
 """Reading a job file: safe YAML load, ``${VAR}`` / ``${VAR:-default}`` interpolation, ``--set`` overrides and
-validation, with every failure one :class:`SpecError` line naming the file and the field path."""
+validation, with every failure one :class:`SpecError` line naming the file and the field path.
+
+Where references expand:
+
+- A value that refers to a secret (a reference in a secret-looking key such as ``tracking.tags.api_token``, or in
+  the password of a URL such as ``postgresql://optuna:${OPTUNA_PASSWORD}@db/optuna``) is left exactly as written
+  where the spec is loaded: the spec, the job store and the Ray job carry the reference, validation sees its text,
+  and its variable need not be set on the submitting machine. The job's driver expands it with the cluster's
+  environment (``expand_secrets=True``).
+- Every other reference expands where the spec is loaded, from that machine's environment: it is configuration
+  that submitting checks and records (a data root that must exist, a storage path made absolute, the experiment the
+  job store finds the run in), so its variable must be set there or have a default.
+
+A literal secret in a secret-looking key is accepted and hidden as ``***`` by the job store, the Ray job and MLflow
+(the job never reads such a key); a literal URL password is refused when the job is submitted
+(``ray_backend.jobs.submit``): the job needs it, and Ray would show it to whoever can read the cluster.
+"""
 
 from __future__ import annotations
 
 import os
 import re
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from ..redaction import ENV_REFERENCE, holds_secret_reference
 from .overrides import SpecError, closest, field_model, section_fields, set_override
 from .schema import JobSpec
 
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
-
-def _interpolate(value: Any, path: str, source: str) -> Any:
-    """Replaces ``${VAR}`` / ``${VAR:-default}`` in every string of ``value``, recursively."""
-    if isinstance(value, dict):
-        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), source) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_interpolate(v, f"{path}[{i}]", source) for i, v in enumerate(value)]
-    if not isinstance(value, str):
-        return value
+def expand_references(text: str, where: str, environ: Mapping[str, str] | None = None) -> str:
+    """``text`` with every ``${VAR}`` / ``${VAR:-default}`` replaced from ``environ`` (default ``os.environ``);
+    an unset variable without default is a :class:`SpecError` naming ``where``."""
+    environ = os.environ if environ is None else environ
 
     def substitute(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
-        if name in os.environ:
-            return os.environ[name]
+        if name in environ:
+            return environ[name]
         if default is not None:
             return default
-        raise SpecError(f"{source}: {path}: environment variable {name} is not set and has no default")
+        raise SpecError(f"{where}: environment variable {name} is not set and has no default")
 
-    return _ENV_REFERENCE.sub(substitute, value)
+    return ENV_REFERENCE.sub(substitute, text)
+
+
+def _interpolate(
+    value: Any, path: str, key: str, source: str, expand_secrets: bool, environ: Mapping[str, str] | None
+) -> Any:
+    """Expands the references in every string of ``value``, recursively; those to secrets only with
+    ``expand_secrets``."""
+    if isinstance(value, dict):
+        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), str(k), source, expand_secrets, environ)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, f"{path}[{i}]", key, source, expand_secrets, environ) for i, v in enumerate(value)]
+    if not isinstance(value, str) or (not expand_secrets and holds_secret_reference(key, value)):
+        return value
+    return expand_references(value, f"{source}: {path}", environ)
 
 
 def apply_override(raw: dict[str, Any], override: str, source: str = "job spec") -> None:
@@ -71,19 +98,22 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
 
 
 def parse_spec(
-    raw: Any, *, source: str = "job spec", overrides: list[str] | tuple[str, ...] = (), checked: bool = False
+    raw: Any, *, source: str = "job spec", overrides: list[str] | tuple[str, ...] = (), checked: bool = False,
+    expand_secrets: bool = False, environ: Mapping[str, str] | None = None,
 ) -> JobSpec:
     """Validates an already-loaded mapping (with overrides and interpolation) into a JobSpec, its search included.
 
     ``checked``: the mapping is a spec that passed every check already (a search's trial actor re-reading it), so
-    only the schema runs and nothing of ``lesa_core`` is imported.
+    only the schema runs and nothing of ``lesa_core`` is imported. ``expand_secrets``: the job runs here (its driver),
+    so references to secrets expand too; elsewhere they stay references (see the module docstring). References
+    expand from ``environ`` (default ``os.environ``).
     """
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: a job spec must be a mapping of sections, got {type(raw).__name__}")
     raw = dict(raw)
     for override in overrides:
         apply_override(raw, override, source)
-    raw = _interpolate(raw, "", source)
+    raw = _interpolate(raw, "", "", source, expand_secrets, environ)
     try:
         spec = JobSpec.model_validate(raw)
     except ValidationError as error:

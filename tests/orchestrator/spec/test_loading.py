@@ -64,6 +64,33 @@ def test_env_interpolation_with_defaults(tmp_path, monkeypatch):
         load_spec(_write(tmp_path, spec))
 
 
+def test_references_to_secrets_stay_as_written_where_the_spec_is_loaded(tmp_path, monkeypatch):
+    storage = "postgresql://${LESA_TEST_DB_USER}:${LESA_TEST_DB_PASSWORD}@db.internal/optuna"
+    spec = dict(MINIMAL, model={"arch": "test_lesa_resnet", "pretrained": "${LESA_TEST_CKPT}"},
+                tracking={"tags": {"api_token": "${LESA_TEST_TOKEN}", "owner": "${LESA_TEST_OWNER}"}},
+                storage={"path": storage})
+    monkeypatch.setenv("LESA_TEST_TOKEN", "tok-123")  # set here too: still not expanded here
+    monkeypatch.setenv("LESA_TEST_OWNER", "ana")
+    monkeypatch.setenv("LESA_TEST_CKPT", "/ckpt/r50.pth")
+    loaded = load_spec(_write(tmp_path, spec), ["tracking.tags.db_password=${LESA_TEST_UNSET}"])
+    assert loaded.tracking.tags == {"api_token": "${LESA_TEST_TOKEN}", "owner": "ana",
+                                    "db_password": "${LESA_TEST_UNSET}"}  # unset here: the cluster's to set
+    assert loaded.storage.path == storage  # a URL whose password is a reference is the cluster's to expand, whole
+    assert loaded.model.pretrained == "/ckpt/r50.pth"
+
+    cluster = {"LESA_TEST_TOKEN": "cluster-token", "LESA_TEST_UNSET": "pw1", "LESA_TEST_DB_USER": "optuna",
+               "LESA_TEST_DB_PASSWORD": "pw2"}
+    for name, value in cluster.items():
+        monkeypatch.setenv(name, value)
+    driver = parse_spec(loaded.model_dump(mode="json"), source="job j1", expand_secrets=True)
+    assert driver.tracking.tags == {"api_token": "cluster-token", "owner": "ana", "db_password": "pw1"}
+    assert driver.storage.path == "postgresql://optuna:pw2@db.internal/optuna"
+    monkeypatch.delenv("LESA_TEST_TOKEN")
+    with pytest.raises(SpecError, match=r"^job j1: tracking\.tags\.api_token: environment variable LESA_TEST_TOKEN "
+                                        "is not set and has no default$"):
+        parse_spec(loaded.model_dump(mode="json"), source="job j1", expand_secrets=True)
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
