@@ -44,12 +44,15 @@ def interpolate(text: str, env: Mapping[str, str]) -> str:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines, values interpolated with the keys above them (as Compose and a shell read .env)."""
+    """KEY=VALUE lines, values interpolated with the keys above them, single-quoted ones taken as written (as Compose
+    and a shell read .env)."""
     env: dict[str, str] = {}
     for line in path.read_text().splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             key, _, value = line.partition("=")
-            env[key.strip()] = interpolate(value.strip(), env)
+            value = value.strip()
+            quoted = len(value) > 1 and value[0] == value[-1] == "'"
+            env[key.strip()] = value[1:-1] if quoted else interpolate(value, env)
     return env
 
 
@@ -149,8 +152,11 @@ def test_the_client_settings_in_env_example_reach_the_compose_services(compose):
     init_script = {"target": "/docker-entrypoint-initdb.d/init.sql", "source": "postgres-init"}
     assert init_script in services["postgres"]["configs"]
     postgres_ports = {host_port: container for _, host_port, container in _port_mappings(services["postgres"])}
-    for url in (settings.database_url, ENV_EXAMPLE["LESA_ORCH_OPTUNA_URL"],
-                services["ray-head"]["environment"]["LESA_ORCH_OPTUNA_URL"]):
+    # the Optuna URL goes to the job as a reference to the password, which the driver expands on the head
+    head_env = services["ray-head"]["environment"]
+    assert "${POSTGRES_PASSWORD}" in ENV_EXAMPLE["LESA_ORCH_OPTUNA_URL"]
+    for url in (settings.database_url, interpolate(ENV_EXAMPLE["LESA_ORCH_OPTUNA_URL"], head_env),
+                head_env["LESA_ORCH_OPTUNA_URL"]):
         parsed = urlparse(url)
         assert parsed.scheme == "postgresql+psycopg" and postgres_ports[parsed.port] == 5432
         assert parsed.path.lstrip("/") in created
