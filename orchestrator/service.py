@@ -2,12 +2,15 @@
 
 Every verb takes a :class:`Context` (settings + job store) and returns plain data. Errors a user can fix
 are :class:`OrchestratorError` subclasses (or :class:`~orchestrator.spec.SpecError`) with one-line
-messages; a failed submission leaves no PENDING row behind.
+messages; a failed submission leaves no PENDING row behind. A service that does not answer (Ray, MLflow, the
+job database, storage) is a :class:`ServiceUnreachableError`, found within seconds: Ray and MLflow are probed
+(2 s) before they are used, MLflow reads give up after one retry, a PostgreSQL job store after 5 s.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import subprocess
 import time
@@ -15,43 +18,141 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .ray_backend import jobs as ray_jobs
+from sqlalchemy import Engine, func, make_url, select
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
 from .ray_backend import local_services
 from .ray_backend.cluster import check_fits, read_cluster_resources
-from .reconcile import Reconciler
+from .redaction import redact_url
 from .settings import Settings
 from .spec import JobSpec, SpecError, load_spec, parse_spec
 from .store import JobRecord, JobState, JobStore, make_engine, upgrade
-from .tracking import TRIAL_END_TAG, TRIAL_ID_TAG, RunSummary, Tracker, TrackingError, run_summary
+from .tracking import (
+    TRIAL_END_TAG,
+    TRIAL_ID_TAG,
+    RunSummary,
+    Tracker,
+    TrackingError,
+    bounded_requests,
+    package_versions,
+    run_summary,
+)
+
+if TYPE_CHECKING:  # Ray's client and the reconciler (which imports it) load only for verbs that reach Ray
+    from .reconcile import Reconciler
 
 POLL_INTERVAL_S = 2.0
+DB_CONNECT_TIMEOUT_S = 5
+RAY, MLFLOW, JOB_DATABASE, STORAGE = "Ray", "MLflow", "job database", "storage"
 
 
 class OrchestratorError(RuntimeError):
     """A problem the user can act on; the message is one line."""
 
 
+class ServiceUnreachableError(OrchestratorError):
+    """``service`` (Ray, MLflow, the job database or storage) did not answer or refused us; one-line message."""
+
+    def __init__(self, service: str, message: str) -> None:
+        super().__init__(message)
+        self.service = service
+
+
+class MlflowUnreachableError(ServiceUnreachableError, TrackingError):
+    """MLflow did not answer; a :class:`TrackingError` too, so reconciling carries on without it."""
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _with_connect_timeout(url: str) -> str:
+    """``url`` with a connect timeout for PostgreSQL (whose default is to wait for as long as TCP does)."""
+    sa_url = make_url(url)
+    if sa_url.get_backend_name() == "postgresql" and "connect_timeout" not in sa_url.query:
+        sa_url = sa_url.update_query_dict({"connect_timeout": str(DB_CONNECT_TIMEOUT_S)})
+    return sa_url.render_as_string(hide_password=False)
+
+
+def open_engine(url: str) -> Engine:
+    """The job store's engine, migrated to the newest schema; PostgreSQL gives up connecting after 5 s.
+
+    Raises:
+        ServiceUnreachableError: the database did not answer or refused the connection.
+        OrchestratorError: ``url`` is no database URL SQLAlchemy can use.
+    """
+    try:
+        engine = make_engine(_with_connect_timeout(url))
+        upgrade(engine)
+    except (ArgumentError, NoSuchModuleError, ValueError) as error:
+        raise OrchestratorError(f"job database URL {redact_url(url)!r} is not usable: {_first_line(error)}") from None
+    except OperationalError as error:
+        raise ServiceUnreachableError(JOB_DATABASE, f"job database at {redact_url(url)} is unreachable: "
+                                      f"{redact_url(_first_line(error.orig or error))}") from None
+    return engine
+
+
 @dataclass
 class Context:
-    """Settings and the job store of one CLI invocation."""
+    """Settings and the job store of one CLI invocation, and what this poll learnt of Ray's and MLflow's reach."""
 
     settings: Settings
     store: JobStore
+    probes: dict[str, str | None] = field(default_factory=dict)  # service -> None (it answered) or why not
+    _ray_client: Any = field(default=None, repr=False)
 
     @classmethod
     def open(cls, settings: Settings | None = None) -> Context:
         settings = settings or Settings.from_env()
-        settings.home.mkdir(parents=True, exist_ok=True)
-        engine = make_engine(settings.database_url)
-        upgrade(engine)
-        return cls(settings, JobStore(engine))
+        try:
+            settings.home.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OrchestratorError(f"home folder {settings.home}: {error.strerror}") from None
+        return cls(settings, JobStore(open_engine(settings.database_url)))
+
+    def unreachable(self, service: str) -> str | None:
+        """Why ``service`` (RAY or MLFLOW) did not answer, in one line; None when it did. Probed once per poll."""
+        if service not in self.probes:
+            settings = self.settings
+            if service == RAY:
+                problem = local_services.ray_problem(settings)
+                where = f"Ray at {settings.ray_address}"
+                embedded = settings.embedded_ray
+            else:
+                problem = local_services.mlflow_problem(settings)
+                where = f"MLflow at {settings.mlflow_uri}"
+                embedded = settings.embedded_mlflow
+            hint = "; run `lesa-orch up`" if embedded and problem and "token" not in problem else ""
+            self.probes[service] = f"{where} is unreachable: {problem}{hint}" if problem else None
+        return self.probes[service]
 
     def tracker(self) -> Tracker:
+        """The MLflow client; raises :class:`MlflowUnreachableError` at once when the server does not answer."""
+        problem = self.unreachable(MLFLOW)
+        if problem:
+            raise MlflowUnreachableError(MLFLOW, problem)
         return Tracker(self.settings.mlflow_uri)
 
+    def ray_client(self) -> Any:
+        """The Ray Jobs client (one per context); raises :class:`ServiceUnreachableError` when Ray does not answer."""
+        problem = self.unreachable(RAY)
+        if problem:
+            raise ServiceUnreachableError(RAY, problem)
+        if self._ray_client is None:
+            from .ray_backend import jobs as ray_jobs
+
+            try:
+                self._ray_client = ray_jobs.connect(self.settings)
+            except ray_jobs.RayUnreachableError as error:
+                raise ServiceUnreachableError(RAY, _first_line(error)) from None
+        return self._ray_client
+
     def reconciler(self) -> Reconciler:
-        return Reconciler(self.store, lambda: ray_jobs.connect(self.settings), self.tracker)
+        from .reconcile import Reconciler
+
+        return Reconciler(self.store, self.ray_client, self.tracker)
 
 
 # ----------------------------------------------------------------------------------------- models, spec
@@ -98,7 +199,13 @@ def list_models(name_filter: str = "") -> list[ModelInfo]:
 
 def validate(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
     """Loads and validates a job file, including that its data root exists (or will be generated)."""
-    spec = load_spec(path, overrides)
+    try:
+        spec = load_spec(path, overrides)
+    except UnicodeDecodeError as error:
+        raise SpecError(f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                        f"{error.start}); save the job file as UTF-8") from None
+    except OSError as error:
+        raise SpecError(f"{path}: cannot read the job file: {error.strerror or error}") from None
     check_data_root(spec, str(path))
     return spec
 
@@ -125,16 +232,16 @@ def services_down(settings: Settings) -> local_services.ServicesStatus:
     return local_services.down(settings)
 
 
-def _ensure_reachable(settings: Settings) -> None:
+def _ensure_reachable(ctx: Context) -> None:
     """The embedded services start on demand; a configured cluster or server must already answer."""
-    if (settings.embedded_ray and not local_services.ray_is_up(settings)) or (
-        settings.embedded_mlflow and not local_services.mlflow_is_up(settings)
-    ):
+    settings = ctx.settings
+    if (settings.embedded_ray and ctx.unreachable(RAY)) or (settings.embedded_mlflow and ctx.unreachable(MLFLOW)):
         services_up(settings)
-    if not local_services.ray_is_up(settings):
-        raise OrchestratorError(f"Ray at {settings.ray_address} is unreachable (or refused the auth token)")
-    if not local_services.mlflow_is_up(settings):
-        raise OrchestratorError(f"MLflow at {settings.mlflow_uri} is unreachable")
+        ctx.probes.clear()
+    for service in (RAY, MLFLOW):
+        problem = ctx.unreachable(service)
+        if problem:
+            raise ServiceUnreachableError(service, problem)
 
 
 # ------------------------------------------------------------------------------------------------- jobs
@@ -153,13 +260,13 @@ def _git_commit() -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
-def _resolve_spec(spec: JobSpec, settings: Settings) -> JobSpec:
+def _resolve_spec(spec: JobSpec, settings: Settings, source: str) -> JobSpec:
     """Fills what the spec leaves to the deployment (storage path) and makes local paths absolute."""
     raw = spec.model_dump(mode="json")
     raw["storage"]["path"] = raw["storage"]["path"] or settings.default_storage
     if not raw["storage"]["path"]:
-        raise SpecError(f"storage.path: unset, and the cluster at {settings.ray_address} cannot write to this "
-                        "machine; set storage.path (e.g. s3://lesa-checkpoints) or LESA_ORCH_STORAGE")
+        raise SpecError(f"{source}: storage.path: unset, and the cluster at {settings.ray_address} cannot write to "
+                        "this machine; set storage.path (e.g. s3://lesa-checkpoints) or LESA_ORCH_STORAGE")
     for section, key in (("data", "root"), ("storage", "path"), ("model", "pretrained")):
         value = raw[section][key]
         if value and "://" not in value:
@@ -180,12 +287,16 @@ def driver_env(settings: Settings) -> dict[str, str]:
 
 def submit(ctx: Context, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobRecord:
     """Validates, checks the cluster can run it, records the job (PENDING) and submits it (SUBMITTED)."""
-    spec = _resolve_spec(validate(path, overrides), ctx.settings)
-    _ensure_reachable(ctx.settings)
+    spec = _resolve_spec(validate(path, overrides), ctx.settings, str(path))
+    _ensure_reachable(ctx)
+    if ctx.settings.embedded_ray:  # a remote cluster's storage may be out of this machine's reach
+        _require_storage(str(spec.storage.path))
     try:
         check_fits(spec, read_cluster_resources(ctx.settings))
     except ValueError as error:
         raise OrchestratorError(f"{path}: {error}") from None
+    except ConnectionError as error:
+        raise ServiceUnreachableError(RAY, _first_line(error)) from None
     job_id = new_job_id(spec.name)
     record = ctx.store.create(job_id, name=spec.name, task=spec.task, spec=spec.model_dump(mode="json"),
                               spec_path=str(Path(path).resolve()), ray_address=ctx.settings.ray_address)
@@ -195,9 +306,10 @@ def submit(ctx: Context, path: str | Path, overrides: list[str] | tuple[str, ...
 def _submit_attempt(
     ctx: Context, record: JobRecord, spec: JobSpec, *, submission_id: str, on_failure: str
 ) -> JobRecord:
+    from .ray_backend import jobs as ray_jobs
+
     try:
-        client = ray_jobs.connect(ctx.settings)
-        ray_jobs.submit(client, ctx.settings, submission_id=submission_id, job_id=record.id,
+        ray_jobs.submit(ctx.ray_client(), ctx.settings, submission_id=submission_id, job_id=record.id,
                         spec=spec.model_dump(mode="json"), env=driver_env(ctx.settings))
     except Exception as error:  # nothing ran: leave no PENDING row (or fail the resumed one)
         message = f"submission to Ray at {ctx.settings.ray_address} failed: {error}".splitlines()[0]
@@ -205,28 +317,64 @@ def _submit_attempt(
             ctx.store.delete(record.id)
         else:
             ctx.store.transition(record.id, JobState.FAILED, error=message)
+        if isinstance(error, ServiceUnreachableError):
+            raise ServiceUnreachableError(RAY, message) from None
         raise OrchestratorError(message) from None
     return ctx.store.transition(record.id, JobState.SUBMITTED, ray_submission_id=submission_id,
                                 mlflow_experiment=spec.experiment_name)
 
 
 def get_job(ctx: Context, job_id: str) -> JobRecord:
-    return ctx.reconciler().refresh(job_id)
+    """The job's row, reconciled with Ray and MLflow where they answer (see :func:`report` for what was stale)."""
+    record = ctx.store.get(job_id)  # an unknown or ended job needs no Ray client (0.5 s to import)
+    if JobState(record.state).is_terminal or not record.ray_submission_id:
+        return record
+    with bounded_requests():
+        return ctx.reconciler().refresh(job_id)
 
 
-def list_jobs(ctx: Context, state: str | None = None) -> list[JobRecord]:
-    reconciler = ctx.reconciler()
-    for record in ctx.store.list():
-        if not JobState(record.state).is_terminal:
-            reconciler.refresh(record.id)
-    return ctx.store.list(state=state)
+def _state(state: str | None) -> JobState | None:
+    if state is None:
+        return None
+    try:
+        return JobState(state.upper())
+    except ValueError:
+        raise OrchestratorError(f"{state!r} is no job state; choose one of {', '.join(JobState)}") from None
+
+
+@dataclass(frozen=True)
+class JobListing:
+    """Jobs, newest first; ``stale`` the ids shown as last known because Ray could not be asked."""
+
+    records: list[JobRecord]
+    stale: frozenset[str] = frozenset()
+    warnings: tuple[str, ...] = ()
+
+
+def list_jobs(ctx: Context, state: str | None = None) -> JobListing:
+    """Jobs (in ``state``, if given), unfinished ones reconciled first; says what it could not reach."""
+    wanted = _state(state)
+    unfinished = [record for record in ctx.store.list() if not JobState(record.state).is_terminal]
+    ray_problem = ctx.unreachable(RAY) if any(record.ray_submission_id for record in unfinished) else None
+    if unfinished and not ray_problem:
+        reconciler = ctx.reconciler()
+        with bounded_requests():
+            for record in unfinished:
+                reconciler.refresh(record.id)
+    records = ctx.store.list(state=wanted)
+    stale = frozenset(r.id for r in records if ray_problem and not JobState(r.state).is_terminal)
+    warnings = [f"{ray_problem}; states of {len(stale)} unfinished job(s) may be stale"] if stale else []
+    if ctx.probes.get(MLFLOW):
+        warnings.append(f"{ctx.probes[MLFLOW]}; the MLflow runs of unfinished jobs are not linked yet")
+    return JobListing(records, stale, tuple(warnings))
 
 
 def wait(ctx: Context, job_id: str, on_update: Callable[[JobRecord], None] | None = None,
          timeout: float | None = None) -> JobRecord:
-    """Polls until the job ends (or ``timeout`` seconds pass)."""
+    """Polls until the job ends (or ``timeout`` seconds pass); a poll Ray does not answer changes nothing."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
+        ctx.probes.clear()  # every poll asks Ray and MLflow afresh
         record = ctx.reconciler().refresh(job_id)
         if on_update is not None:
             on_update(record)
@@ -235,28 +383,54 @@ def wait(ctx: Context, job_id: str, on_update: Callable[[JobRecord], None] | Non
         time.sleep(POLL_INTERVAL_S)
 
 
-def job_logs(ctx: Context, job_id: str) -> str:
+def _submission_id(ctx: Context, job_id: str) -> str:
     record = ctx.store.get(job_id)
     if not record.ray_submission_id:
         raise OrchestratorError(f"job '{job_id}' was never submitted to Ray")
-    return ray_jobs.logs(ray_jobs.connect(ctx.settings), record.ray_submission_id)
+    return record.ray_submission_id
+
+
+@contextlib.contextmanager
+def _ray_errors(ctx: Context, what: str) -> Iterator[None]:
+    """Ray's failures as one-line errors: a dropped connection is Ray unreachable, a refusal names ``what``."""
+    try:
+        yield
+    except ServiceUnreachableError:
+        raise
+    except OSError as error:  # requests' ConnectionError among them
+        raise ServiceUnreachableError(RAY, f"Ray at {ctx.settings.ray_address}: {what} failed: "
+                                      f"{_first_line(error)}") from None
+    except RuntimeError as error:  # the Jobs client's "Request failed with status code ..."
+        raise OrchestratorError(f"Ray at {ctx.settings.ray_address}: {what} failed: {_first_line(error)}") from None
+
+
+def job_logs(ctx: Context, job_id: str) -> str:
+    submission_id = _submission_id(ctx, job_id)
+    from .ray_backend import jobs as ray_jobs
+
+    with _ray_errors(ctx, f"reading the logs of {job_id}"):
+        return ray_jobs.logs(ctx.ray_client(), submission_id)
 
 
 def follow_job_logs(ctx: Context, job_id: str) -> Iterator[str]:
-    record = ctx.store.get(job_id)
-    if not record.ray_submission_id:
-        raise OrchestratorError(f"job '{job_id}' was never submitted to Ray")
-    yield from ray_jobs.follow_logs(ray_jobs.connect(ctx.settings), record.ray_submission_id)
+    submission_id = _submission_id(ctx, job_id)
+    from .ray_backend import jobs as ray_jobs
+
+    with _ray_errors(ctx, f"following the logs of {job_id}"):
+        yield from ray_jobs.follow_logs(ctx.ray_client(), submission_id)
 
 
 def cancel(ctx: Context, job_id: str, timeout: float = 60.0) -> JobRecord:
     """Stops the Ray job; the row becomes CANCELLED and the MLflow run KILLED."""
-    record = ctx.reconciler().refresh(job_id)
+    record = get_job(ctx, job_id)
     if JobState(record.state).is_terminal:
         raise OrchestratorError(f"job '{job_id}' already ended ({record.state})")
-    client = ray_jobs.connect(ctx.settings)
-    if record.ray_submission_id:
-        ray_jobs.stop(client, record.ray_submission_id)
+    from .ray_backend import jobs as ray_jobs
+
+    with _ray_errors(ctx, f"stopping {job_id}"):
+        client = ctx.ray_client()
+        if record.ray_submission_id:
+            ray_jobs.stop(client, record.ray_submission_id)
     record = wait(ctx, job_id, timeout=timeout)
     if not JobState(record.state).is_terminal:
         raise OrchestratorError(f"job '{job_id}' did not stop within {timeout:.0f}s")
@@ -269,11 +443,11 @@ def cancel(ctx: Context, job_id: str, timeout: float = 60.0) -> JobRecord:
 
 def resume(ctx: Context, job_id: str) -> JobRecord:
     """Resubmits an ended job under the same id: Ray Train restores its last checkpoint."""
-    record = ctx.reconciler().refresh(job_id)
+    record = get_job(ctx, job_id)
     if record.state not in ("FAILED", "CANCELLED"):
         raise OrchestratorError(f"job '{job_id}' is {record.state}; only FAILED or CANCELLED jobs resume")
     spec = parse_spec(record.spec, source=f"job {job_id}")
-    _ensure_reachable(ctx.settings)
+    _ensure_reachable(ctx)
     record = ctx.store.reopen_for_resume(job_id)
     submission_id = f"{job_id}-a{record.attempts}"  # Ray keeps submission ids unique; the run name stays
     return _submit_attempt(ctx, record, spec, submission_id=submission_id, on_failure="fail")
@@ -281,39 +455,55 @@ def resume(ctx: Context, job_id: str) -> JobRecord:
 
 @dataclass(frozen=True)
 class JobReport:
-    """A job with what MLflow knows of it."""
+    """A job with what MLflow knows of it; ``stale``: its state is the last known (Ray did not answer)."""
 
     record: JobRecord
     metrics: dict[str, float] = field(default_factory=dict)
     mlflow_url: str = ""
     ray_url: str = ""
+    stale: bool = False
+    warnings: tuple[str, ...] = ()  # each service this call could not reach, and what of the job it may miss
 
 
 def report(ctx: Context, record: JobRecord) -> JobReport:
+    """The job with its run's metrics and links; what Ray or MLflow could not say is in ``warnings``."""
+    warnings = []
+    stale = False
+    if record.ray_submission_id and not JobState(record.state).is_terminal and ctx.unreachable(RAY):
+        stale = True
+        warnings.append(f"{ctx.unreachable(RAY)}; state {record.state} is the last known and may be stale")
     metrics: dict[str, float] = {}
     url = ctx.settings.mlflow_uri
     if record.mlflow_run_id:
         try:
-            run = ctx.tracker().client.get_run(record.mlflow_run_id)
+            with bounded_requests():
+                tracker = ctx.tracker()
+                run = tracker.client.get_run(record.mlflow_run_id)
             metrics = dict(run.data.metrics)
-            url = ctx.tracker().ui_url(run.info.experiment_id, run.info.run_id) or url
-        except Exception:  # MLflow may be down; the job row still reports
-            pass
-    return JobReport(record, metrics, url, f"{ctx.settings.ray_address}/#/jobs/{record.ray_submission_id or ''}")
+            url = tracker.ui_url(run.info.experiment_id, run.info.run_id) or url
+        except Exception as error:  # MLflow down or refusing: the job row still reports
+            warnings.append(f"{_first_line(error)}; metrics not shown")
+    return JobReport(record, metrics, url, f"{ctx.settings.ray_address}/#/jobs/{record.ray_submission_id or ''}",
+                     stale, tuple(warnings))
 
 
 @contextlib.contextmanager
-def _tracking_errors() -> Iterator[None]:
-    """MLflow's failures as this layer's one-line errors."""
-    try:
-        yield
-    except TrackingError as error:
-        raise OrchestratorError(str(error)) from None
+def _mlflow(ctx: Context) -> Iterator[Tracker]:
+    """The tracker for a verb that needs MLflow: unreachable at once if it does not answer, its requests bounded,
+    its refusals one-line errors."""
+    with bounded_requests():
+        tracker = ctx.tracker()
+        try:
+            yield tracker
+        except ServiceUnreachableError:
+            raise
+        except TrackingError as error:
+            raise OrchestratorError(str(error)) from None
 
 
 def compare(ctx: Context, experiment: str, metric: str | None = None) -> list[RunSummary]:
-    with _tracking_errors():
-        return ctx.tracker().run_summaries(experiment, metric=metric)
+    with _mlflow(ctx) as tracker:
+        return tracker.run_summaries(experiment, metric=metric)
 
 
 @dataclass(frozen=True)
@@ -326,20 +516,23 @@ class TrialSummary(RunSummary):
 
 def compare_trials(ctx: Context, job_id: str) -> tuple[list[str], list[TrialSummary]]:
     """The searched paths and the trials of search job ``job_id``, best first by its first objective."""
-    reconciler = ctx.reconciler()
-    record = reconciler.link_run(reconciler.refresh(job_id))
-    spec = parse_spec(record.spec, source=f"job {job_id}")
+    record = ctx.store.get(job_id)
+    spec = parse_spec(record.spec, source=f"job {job_id}", checked=True)
     if spec.hpo is None:
         raise OrchestratorError(f"job '{job_id}' is not a search (its spec has no hpo block); "
                                 f"use `compare --experiment {spec.experiment_name}`")
-    if not record.mlflow_run_id:
-        raise OrchestratorError(f"job '{job_id}' has no MLflow run yet")
-    tracker = ctx.tracker()
-    try:
-        parent = tracker.client.get_run(record.mlflow_run_id)
-        children = tracker.trial_runs(parent.info.experiment_id, record.mlflow_run_id)
-    except Exception as error:
-        raise OrchestratorError(f"MLflow at {ctx.settings.mlflow_uri}: {error}".splitlines()[0]) from None
+    with _mlflow(ctx) as tracker:
+        reconciler = ctx.reconciler()
+        record = reconciler.link_run(reconciler.refresh(job_id))
+        if not record.mlflow_run_id:
+            raise OrchestratorError(f"job '{job_id}' has no MLflow run yet")
+        from mlflow.exceptions import MlflowException
+
+        try:
+            parent = tracker.client.get_run(record.mlflow_run_id)
+            children = tracker.trial_runs(parent.info.experiment_id, record.mlflow_run_id)
+        except MlflowException as error:
+            raise OrchestratorError(f"MLflow at {ctx.settings.mlflow_uri}: {error.message}".splitlines()[0]) from None
     paths = list(spec.hpo.space)
     trials = [
         TrialSummary(**{**vars(run_summary(run)), "params": {path: run.data.params.get(path, "") for path in paths}},
@@ -354,57 +547,141 @@ def compare_trials(ctx: Context, job_id: str) -> tuple[list[str], list[TrialSumm
 
 
 def promote(ctx: Context, model: str, version: str) -> None:
-    with _tracking_errors():
-        ctx.tracker().promote(model, version)
+    with _mlflow(ctx) as tracker:
+        tracker.promote(model, version)
 
 
 @dataclass(frozen=True)
 class Check:
+    """One line of ``doctor``; ``service``: it probes an outside service (a failure there is exit status 3)."""
+
     name: str
     ok: bool
     detail: str
+    service: bool = False
+
+
+S3_CONNECT_TIMEOUT_S, S3_REQUEST_TIMEOUT_S = 2.0, 3.0
+
+
+def _probe_storage(path: str) -> tuple[bool | None, str]:
+    """(whether job storage ``path`` works, why): a local folder must be writable, an s3:// bucket must answer
+    (through pyarrow, as Ray Train reaches it); None: a scheme this machine does not check."""
+    scheme, _, location = path.rpartition("://")
+    if not scheme:
+        try:
+            folder = Path(path)
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as error:
+            return False, f"not writable ({error.strerror or error})"
+        return True, "writable"
+    if scheme != "s3":
+        return None, f"{scheme}:// is not checked from here (the cluster reaches it when a job writes)"
+    from pyarrow import fs
+
+    bucket = location.split("/", 1)[0]
+    anonymous = "AWS_ACCESS_KEY_ID" not in os.environ
+    try:
+        s3 = fs.S3FileSystem(
+            endpoint_override=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+            anonymous=anonymous, connect_timeout=S3_CONNECT_TIMEOUT_S, request_timeout=S3_REQUEST_TIMEOUT_S,
+            retry_strategy=fs.AwsStandardS3RetryStrategy(max_attempts=1))
+        found = s3.get_file_info(bucket).type != fs.FileType.NotFound
+    except OSError as error:
+        return False, f"unreachable ({_first_line(error)})"
+    if not found:
+        return False, f"bucket {bucket!r} does not exist"
+    return True, "bucket answers" + (" (asked anonymously: AWS_ACCESS_KEY_ID is unset)" if anonymous else "")
+
+
+def _require_storage(path: str) -> None:
+    """Refuses a job whose storage this machine finds unwritable or unreachable."""
+    ok, why = _probe_storage(path)
+    if ok is False:
+        raise ServiceUnreachableError(STORAGE, f"storage.path {path}: {why}")
 
 
 def _storage_check(storage: str | None) -> Check:
-    """A local default storage folder must be writable; a remote one (s3://) is the cluster's to reach."""
     if storage is None:
         return Check("storage", False, "no default for jobs on this cluster: set LESA_ORCH_STORAGE or each job's "
                                        "storage.path (s3://...)")
-    if "://" in storage:
-        return Check("storage", True, f"{storage} (remote; checked by the cluster when a job writes)")
+    ok, why = _probe_storage(storage)
+    return Check("storage", ok is not False, f"{storage}: {why}", service=True)
+
+
+def _store_check(settings: Settings) -> Check:
+    """Connects and queries the job store without migrating it; its schema must be one this code knows."""
+    from alembic.script import ScriptDirectory
+
+    from .store.database import alembic_config, current_revisions
+    from .store.models import Job
+
+    where = redact_url(settings.database_url)
     try:
-        folder = Path(storage)
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-        return Check("storage", True, storage)
-    except OSError as error:
-        return Check("storage", False, f"{storage}: {error.strerror}")
+        engine = make_engine(_with_connect_timeout(settings.database_url))
+        with engine.connect() as connection:
+            revisions = set(current_revisions(connection))
+            jobs = connection.execute(select(func.count()).select_from(Job)).scalar_one() if revisions else 0
+    except (ArgumentError, NoSuchModuleError, ValueError) as error:
+        return Check("job store", False, f"{where}: not a usable database URL ({_first_line(error)})")
+    except OperationalError as error:
+        return Check("job store", False, f"{where} unreachable: {redact_url(_first_line(error.orig or error))}",
+                     service=True)
+    script = ScriptDirectory.from_config(alembic_config())
+    if not revisions:
+        return Check("job store", True, f"{where}: empty (its tables are made on first use)", service=True)
+    known = {revision.revision for revision in script.walk_revisions()}
+    if not revisions <= known:
+        return Check("job store", False, f"{where}: schema at {', '.join(sorted(revisions))}, unknown to this "
+                                         "lesa-orch (a newer one migrated it)", service=True)
+    state = "newest" if revisions == set(script.get_heads()) else "older; the next verb migrates it"
+    return Check("job store", True, f"{where}: {jobs} job(s), schema at {', '.join(sorted(revisions))} ({state})",
+                 service=True)
 
 
-def doctor(ctx: Context) -> list[Check]:
-    """Checks the store, Ray, MLflow, storage and GPUs and says what is wrong."""
-    settings = ctx.settings
-    checks = [Check("job store", True, settings.database_url)]
-    ray_ok = local_services.ray_is_up(settings)
-    hint = " (run `lesa-orch up`)" if settings.embedded_ray else ""
-    checks.append(Check("ray", ray_ok, settings.ray_address if ray_ok else f"{settings.ray_address} unreachable{hint}"))
-    if ray_ok:
-        try:
-            resources = read_cluster_resources(settings)
-            detail = f"{resources.node_count} node(s), {resources.cpus:g} CPU, {resources.gpus:g} GPU"
-            checks.append(Check("cluster resources", resources.cpus > 0, detail))
-        except ConnectionError as error:
-            checks.append(Check("cluster resources", False, str(error)))
-    mlflow_ok = local_services.mlflow_is_up(settings)
-    mlflow_detail = settings.mlflow_uri if mlflow_ok else f"{settings.mlflow_uri} unreachable"
-    checks.append(Check("mlflow", mlflow_ok, mlflow_detail))
-    checks.append(_storage_check(settings.default_storage))
+def _ray_checks(settings: Settings) -> list[Check]:
+    problem = local_services.ray_problem(settings)
+    if problem:
+        hint = "; run `lesa-orch up`" if settings.embedded_ray and "token" not in problem else ""
+        return [Check("ray", False, f"{settings.ray_address} unreachable: {problem}{hint}", service=True)]
+    auth = local_services.ray_token_auth_on(settings)
+    auth_text = "token auth on" if auth else "token auth OFF: whoever reaches the dashboard can run code on it"
+    checks = [Check("ray", True, f"{settings.ray_address}, {auth_text}", service=True)]
+    try:
+        resources = read_cluster_resources(settings, wait_s=5)
+        detail = f"{resources.node_count} node(s), {resources.cpus:g} CPU, {resources.gpus:g} GPU"
+        checks.append(Check("cluster resources", resources.cpus > 0, detail))
+    except ConnectionError as error:
+        checks.append(Check("cluster resources", False, _first_line(error), service=True))
+    return checks
+
+
+def _mlflow_check(settings: Settings) -> Check:
+    problem = local_services.mlflow_problem(settings)
+    if problem:
+        hint = "; run `lesa-orch up`" if settings.embedded_mlflow else ""
+        return Check("mlflow", False, f"{settings.mlflow_uri} unreachable: {problem}{hint}", service=True)
+    try:
+        with bounded_requests():
+            Tracker(settings.mlflow_uri).check_api()
+    except TrackingError as error:
+        return Check("mlflow", False, str(error), service=True)
+    return Check("mlflow", True, f"{settings.mlflow_uri} (its API answers)", service=True)
+
+
+def doctor(settings: Settings) -> list[Check]:
+    """Probes the job store, Ray (and whether it wants a token), MLflow's API, storage and the local GPUs, and
+    lists the versions of the packages jobs run with. Needs none of them up: each one's failure is its line."""
+    checks = [_store_check(settings), *_ray_checks(settings), _mlflow_check(settings),
+              _storage_check(settings.default_storage)]
     import torch  # see list_models
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     checks.append(Check("local GPUs", True, f"{gpus} visible" if gpus else "none (CPU training only)"))
+    checks.append(Check("packages", True, package_versions().replace(",", " ")))
     return checks
 
 
@@ -442,26 +719,24 @@ def run_report(
     The file goes to ``out_path`` (default ``<home>/reports/<target slug>.html``) and is logged to MLflow:
     to the job's run, or to the experiment's best run, under ``reports/``; ``on_logged`` gets its artifact URI.
     """
-    from mlflow.exceptions import MlflowException
-
-    from . import reporting  # matplotlib and torch load only for this verb
-
     progress = on_progress or (lambda message: None)
     settings = ctx.settings
-    if settings.mlflow_uri.startswith(("http://", "https://")) and not local_services.mlflow_is_up(settings):
-        hint = " (run `lesa-orch up`)" if settings.embedded_mlflow else ""
-        raise OrchestratorError(f"MLflow at {settings.mlflow_uri} is unreachable{hint}")
-    tracker = ctx.tracker()
-    try:
-        experiment, job_id, run_id = _report_scope(ctx, tracker, target)
-        data = reporting.collect(tracker, experiment, target=target, run_id=run_id, job_id=job_id, progress=progress)
-        if not data.runs:
-            raise OrchestratorError(f"MLflow experiment {target!r} has no runs")
-        path = Path(out_path) if out_path else settings.home / "reports" / f"{reporting.slug(target)}.html"
-        progress(f"writing {path}")
-        artifact = reporting.publish(tracker, data, path)
-    except MlflowException as error:
-        raise OrchestratorError(f"MLflow at {settings.mlflow_uri}: {error.message}".splitlines()[0]) from None
+    with _mlflow(ctx) as tracker:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            experiment, job_id, run_id = _report_scope(ctx, tracker, target)
+            from . import reporting  # matplotlib and torch load only for this verb, once it has something to report
+
+            data = reporting.collect(tracker, experiment, target=target, run_id=run_id, job_id=job_id,
+                                     progress=progress)
+            if not data.runs:
+                raise OrchestratorError(f"MLflow experiment {target!r} has no runs")
+            path = Path(out_path) if out_path else settings.home / "reports" / f"{reporting.slug(target)}.html"
+            progress(f"writing {path}")
+            artifact = reporting.publish(tracker, data, path)
+        except MlflowException as error:
+            raise OrchestratorError(f"MLflow at {settings.mlflow_uri}: {error.message}".splitlines()[0]) from None
     if artifact and on_logged is not None:
         on_logged(artifact)
     return path

@@ -20,16 +20,15 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
-
-import mlflow
-from mlflow import MlflowClient
-from mlflow.entities import Experiment, Metric, Param, Run, RunStatus, RunTag
-from mlflow.exceptions import MlflowException
 
 from .redaction import flatten_params, redacted_spec
 from .spec import JobSpec
+
+if TYPE_CHECKING:  # mlflow costs a second to import: the CLI verbs that never reach it do not load it
+    from mlflow import MlflowClient
+    from mlflow.entities import Experiment, Run
 
 JOB_ID_TAG = "lesa.job_id"
 PARENT_RUN_TAG = "mlflow.parentRunId"
@@ -45,6 +44,14 @@ _PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 # what a registered model needs to load: this package and its torch stack; given explicitly, MLflow does not infer
 # them in a subprocess that imports the model (10 s or more per registration on 2 CPU cores)
 MODEL_REQUIREMENTS = ("lesa-orch", "torch", "torchvision", "timm", "cloudpickle")
+
+
+# what a CLI read waits for a server that answers slowly or with errors: one retry, 4 s per request (MLflow's
+# defaults, 7 retries with exponential backoff, wait minutes)
+READ_RETRIES = 1
+READ_TIMEOUT_S = 4
+_REQUEST_LIMITS = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+                   "MLFLOW_HTTP_REQUEST_TIMEOUT")
 
 
 class TrackingError(RuntimeError):
@@ -101,6 +108,18 @@ def _restored_environ(*names: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def bounded_requests(retries: int = READ_RETRIES, timeout_s: int = READ_TIMEOUT_S) -> Iterator[None]:
+    """MLflow's HTTP requests in the block give up after ``retries`` retries of ``timeout_s`` seconds each.
+
+    MLflow reads these limits from the environment at each request; they are put back when the block ends, so
+    nothing started later (a Ray head, a job's driver) inherits them.
+    """
+    with _restored_environ(*_REQUEST_LIMITS):
+        os.environ.update(zip(_REQUEST_LIMITS, (str(retries), "1", str(timeout_s)), strict=True))
+        yield
+
+
+@contextlib.contextmanager
 def _quiet_downloads() -> Iterator[None]:
     """MLflow draws tqdm bars on downloads, which would tear through the CLI's spinner."""
     with _restored_environ(_PROGRESS_BAR):
@@ -112,6 +131,8 @@ def _quiet_downloads() -> Iterator[None]:
 def _fluent_uris(uri: str) -> Iterator[None]:
     """Points MLflow's process-wide tracking and registry URIs at ``uri`` for one fluent call (``log_model`` has
     no client form), then puts back the previous ones and the variables ``set_tracking_uri`` exports."""
+    import mlflow
+
     previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     with _restored_environ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         mlflow.set_tracking_uri(uri)
@@ -136,13 +157,21 @@ class Tracker:
     @functools.cached_property
     def client(self) -> MlflowClient:
         """The MLflow client, made on first use (a SQLite store is created and migrated when opened)."""
+        from mlflow import MlflowClient
+
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
     def _call(self, what: str, function, *args, **kwargs):
+        from mlflow.exceptions import MlflowException
+
         try:
             return function(*args, **kwargs)
         except MlflowException as error:
             raise TrackingError(f"MLflow at {self.tracking_uri}: {what} failed: {error.message}") from None
+
+    def check_api(self) -> None:
+        """One real API call (a search for at most one experiment); raises :class:`TrackingError` if it fails."""
+        self._call("search experiments", self.client.search_experiments, max_results=1)
 
     def experiment_id(self, name: str) -> str:
         """The id of experiment ``name``, created if missing."""
@@ -164,6 +193,8 @@ class Tracker:
 
     def start_job_run(self, spec: JobSpec, job_id: str, *, submission_id: str, git_commit: str = "") -> str:
         """Creates the job's run (or reopens it on resume) with tags, params and the spec artifact."""
+        from mlflow.entities import RunTag
+
         existing = self.find_job_run(job_id, spec.experiment_name)
         tags = {
             JOB_ID_TAG: job_id, SUBMISSION_TAG: submission_id, "lesa.git_commit": git_commit,
@@ -201,6 +232,8 @@ class Tracker:
 
     def _log_params(self, run_id: str, spec: JobSpec) -> None:
         """The spec flattened and redacted as params, in batches MLflow accepts."""
+        from mlflow.entities import Param
+
         params = [Param(key, value[:6000]) for key, value in flatten_params(spec).items()]
         for start in range(0, len(params), _BATCH):
             self._call("log params", self.client.log_batch, run_id, params=params[start:start + _BATCH])
@@ -231,16 +264,22 @@ class Tracker:
         self._call("log artifacts", self.client.log_artifacts, run_id, directory, artifact_path)
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
         entries = [Metric(key, float(value), now, step) for key, value in metrics.items()]
         self._call("log metrics", self.client.log_batch, run_id, metrics=entries)
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
         self._call("tag run", self.client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def end_run(self, run_id: str, status: str, *, unless_finished: bool = False) -> None:
         """Marks the run FINISHED, FAILED or KILLED if it is still running (or, with ``unless_finished``, if it
         did not finish: a user's cancel turns a run the dying driver marked FAILED into KILLED)."""
+        from mlflow.entities import RunStatus
+
         run = self._call("get run", self.client.get_run, run_id)
         current = RunStatus.from_string(run.info.status)
         if RunStatus.is_terminated(current) and not (unless_finished and current != RunStatus.FINISHED):
@@ -249,6 +288,9 @@ class Tracker:
 
     def register_model(self, run_id: str, model: Any, name: str) -> str:
         """Logs ``model`` (pickled: Mask R-CNN does not export) in the run, registers it and sets ``candidate``."""
+        import mlflow.pytorch
+        from mlflow.exceptions import MlflowException
+
         try:
             with _fluent_uris(self.tracking_uri), mlflow.start_run(run_id=run_id):
                 info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",

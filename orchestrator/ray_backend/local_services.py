@@ -82,6 +82,52 @@ def mlflow_is_up(settings: Settings) -> bool:
     return _http_ok(f"{settings.mlflow_uri.rstrip('/')}/health")
 
 
+PROBE_TIMEOUT_S = 2.0
+_REFUSED = (401, 403)  # Ray's token middleware: 401 no token, 403 a wrong one
+
+
+def http_problem(url: str, headers: dict[str, str] | None = None, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why ``url`` did not answer 200 within ``timeout`` seconds, in a few words; None when it did."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return None if response.status == 200 else f"HTTP {response.status}"
+    except urllib.error.HTTPError as error:
+        return f"HTTP {error.code}"
+    except (urllib.error.URLError, OSError) as error:
+        reason = error.reason if isinstance(error, urllib.error.URLError) else error
+        if isinstance(reason, TimeoutError):
+            return f"no answer within {timeout:g} s"
+        return getattr(reason, "strerror", None) or str(reason)
+
+
+def ray_problem(settings: Settings, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why the Ray dashboard did not answer an authenticated request (token refused included); None when it did."""
+    try:
+        headers = ray_auth_headers(settings)
+    except OSError as error:
+        return f"auth token unreadable: {error.strerror}"
+    problem = http_problem(f"{settings.ray_address.rstrip('/')}/api/version", headers, timeout)
+    if problem in {f"HTTP {code}" for code in _REFUSED}:
+        return f"auth token refused ({problem})"
+    return problem
+
+
+def ray_token_auth_on(settings: Settings, timeout: float = PROBE_TIMEOUT_S) -> bool | None:
+    """Whether the Ray dashboard refuses a request that carries no token; None when it did not answer at all."""
+    problem = http_problem(f"{settings.ray_address.rstrip('/')}/api/version", None, timeout)
+    if problem is None:
+        return False
+    return True if problem in {f"HTTP {code}" for code in _REFUSED} else None
+
+
+def mlflow_problem(settings: Settings, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why the MLflow server did not answer its health check; None when it did or the tracking URI is no server."""
+    if not settings.mlflow_uri.startswith(("http://", "https://")):
+        return None
+    return http_problem(f"{settings.mlflow_uri.rstrip('/')}/health", None, timeout)
+
+
 def _wait_until(check, what: str, log: Path | None, timeout: float = HEALTH_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
