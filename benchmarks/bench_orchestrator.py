@@ -40,8 +40,8 @@ from lesa_core.data.synthetic import write_imagenet_dataset
 from lesa_core.tasks import build_task
 from orchestrator import service
 from orchestrator.ray_backend import jobs as ray_jobs
-from orchestrator.ray_backend.train_loop import task_config
 from orchestrator.spec import load_spec
+from orchestrator.spec.checks import task_config
 
 JOB = Path(__file__).resolve().parents[1] / "jobs" / "quickstart_imagenet.yaml"
 TARGET_OVERHEAD = 0.05

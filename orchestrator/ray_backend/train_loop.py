@@ -22,35 +22,15 @@ from torch import nn
 
 from lesa_core import tasks
 from lesa_core.engine.checkpoint import load_checkpoint, save_checkpoint
-from lesa_core.engine.optim import OptimConfig
-from lesa_core.tasks import DataConfig, DetectorConfig, ModelConfig, TaskConfig, build_task
+from lesa_core.tasks import build_task
 
 from ..spec import JobSpec, parse_spec
+from ..spec.checks import task_config
 from ..tracking import Tracker
 from .metrics import TrainingMetrics
 from .scoring import CHECKPOINT_SCORE, EPOCHS_KEY, CheckpointScore
 
 CHECKPOINT_FILE = "checkpoint.pth"
-
-
-def task_config(spec: JobSpec) -> TaskConfig:
-    """The spec as lesa_core's plain task config (what ``python -m lesa_core.train`` also runs)."""
-    model, data, schedule = spec.model, spec.data, spec.schedule
-    optim = OptimConfig(
-        epochs=schedule.epochs, optimizer=schedule.optimizer, lr=schedule.lr,
-        lr_reference_batch=schedule.lr_reference_batch, momentum=schedule.momentum, nesterov=schedule.nesterov,
-        weight_decay=schedule.weight_decay, warmup_epochs=schedule.warmup_epochs, decay=schedule.decay,
-        milestones=tuple(schedule.milestones), gamma=schedule.gamma, grad_clip=schedule.grad_clip,
-    )
-    return TaskConfig(
-        task=spec.task,
-        model=ModelConfig(arch=model.arch, img_size=model.img_size, pretrained=model.pretrained,
-                          lesa=model.lesa.model_dump(), detector=DetectorConfig(**model.detector.model_dump())),
-        data=DataConfig(root=data.root, batch_size=schedule.batch_size_per_worker, workers=data.workers,
-                        train_split=data.train_split, val_split=data.val_split, img_size=data.img_size,
-                        crop_scale=tuple(data.crop_scale), auto_augment=data.auto_augment),
-        optim=optim, eval_every=spec.eval.every_epochs, amp=schedule.amp, seed=schedule.seed,
-    )
 
 
 def build_model(spec: JobSpec, num_classes: int) -> nn.Module:

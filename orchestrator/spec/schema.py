@@ -154,8 +154,9 @@ class StorageSection(_Section):
     path: str | None = Field(None, description="Ray Train storage, local or s3://; default <home>/ray_results")
     keep_checkpoints: int | None = Field(
         None, ge=1,
-        description="best checkpoints kept by the primary metric; None keeps all. Pruning is opt-in because Ray "
-        "Train 2.60 cannot restore a run whose driver died just after it pruned a checkpoint",
+        description="best checkpoints kept by their score (the primary metric at evaluated epochs) besides the "
+        "latest; None keeps all. Pruning is opt-in because Ray Train 2.60 cannot restore a run whose driver died just "
+        "after it pruned a checkpoint",
     )
 
 

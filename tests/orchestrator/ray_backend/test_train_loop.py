@@ -9,8 +9,9 @@ from torch import nn
 from lesa_core.engine.optim import OptimConfig
 from lesa_core.layers import LesaAttention
 from lesa_core.tasks import PRESETS, QUICKSTART_DATA
-from orchestrator.ray_backend.train_loop import CHECKPOINT_FILE, build_model, restore_point, task_config
+from orchestrator.ray_backend.train_loop import CHECKPOINT_FILE, build_model, restore_point
 from orchestrator.spec import load_spec, parse_spec
+from orchestrator.spec.checks import task_config
 
 
 def _checkpoint(path) -> ray.train.Checkpoint:
