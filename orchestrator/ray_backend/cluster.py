@@ -44,14 +44,28 @@ def read_cluster_resources(settings: Settings, *, wait_s: float = 30.0) -> Clust
         time.sleep(1)
 
 
-def _read_once(settings: Settings) -> ClusterResources:
-    request = urllib.request.Request(
-        f"{settings.ray_address.rstrip('/')}/api/cluster_status", headers=ray_auth_headers(settings)
-    )
+def _get(settings: Settings, path: str, what: str) -> dict:
+    """The JSON answer of the dashboard's ``path`` (authenticated); ConnectionError names ``what`` failed."""
+    request = urllib.request.Request(f"{settings.ray_address.rstrip('/')}{path}", headers=ray_auth_headers(settings))
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            report = json.load(response)["data"]["clusterStatus"]
-    except (urllib.error.URLError, OSError, KeyError, ValueError) as error:
+            return json.load(response)
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        raise ConnectionError(f"Ray at {settings.ray_address}: {what} unavailable ({error})") from None
+
+
+def read_ray_version(settings: Settings) -> str:
+    """The Ray version the cluster runs (its dashboard's ``/api/version``)."""
+    try:
+        return str(_get(settings, "/api/version", "version")["ray_version"])
+    except KeyError:
+        raise ConnectionError(f"Ray at {settings.ray_address}: /api/version has no ray_version") from None
+
+
+def _read_once(settings: Settings) -> ClusterResources:
+    try:
+        report = _get(settings, "/api/cluster_status", "cluster status")["data"]["clusterStatus"]
+    except KeyError as error:
         raise ConnectionError(f"Ray at {settings.ray_address}: cluster status unavailable ({error})") from None
     usage = report["loadMetricsReport"]["usage"]
     nodes = []

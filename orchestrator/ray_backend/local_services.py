@@ -3,15 +3,23 @@
 ``lesa-orch up`` starts both as background processes that outlive the CLI; ``down`` stops them. Ray's
 token authentication stays on: the token lives in ``<home>/ray/auth_token`` and every client sends it.
 MLflow runs on SQLite with local artifacts under ``<home>/mlflow``.
+
+Both listen on 127.0.0.1 only: the Ray head is started as a single-machine cluster (its GCS, raylet, agents and
+client server bind loopback), MLflow with ``--host 127.0.0.1``, its job runner off and its telemetry off. ``down``
+stops this home's Ray head only, never another cluster on the machine.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import re
 import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +30,13 @@ from urllib.parse import urlparse
 from ..settings import Settings
 
 HEALTH_TIMEOUT_S = 120.0
+STOP_GRACE_S = 3.0  # Ray's GCS and monitor take longer to honour SIGTERM than a user waits; SIGKILL then
+# Ray binds its servers to the node IP; as a single-machine cluster (this switch, which Ray reads on every
+# platform) the node IP is loopback, so nothing of the embedded head is reachable from another machine.
+RAY_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# MLflow's server: no job runner (GenAI scoring, ~2 GB of consumer processes, runs code), no usage reports
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+                     "DO_NOT_TRACK": "true"}
 RAY_WORKER_PORTS = (10002, 19999)  # Ray's default --min-worker-port / --max-worker-port
 
 
@@ -160,23 +175,107 @@ def start_ray_head(settings: Settings, *, num_cpus: int | None = None, num_gpus:
     log = settings.logs_dir / "ray-start.log"
     gcs_port = os.environ.get("LESA_ORCH_RAY_GCS_PORT", "6379")
     command = [_bin("ray"), "start", "--head", f"--port={gcs_port}", "--dashboard-host=127.0.0.1",
-               f"--dashboard-port={port}", "--include-dashboard=true", "--disable-usage-stats"]
+               f"--dashboard-port={port}", "--include-dashboard=true", "--disable-usage-stats",
+               f"--temp-dir={ray_temp_dir(settings)}"]
     low, high = worker_port_range(int(gcs_port), port or 8265)
     command += [f"--min-worker-port={low}", f"--max-worker-port={high}"]
     if num_cpus is not None:
         command.append(f"--num-cpus={num_cpus}")
     if num_gpus is not None:
         command.append(f"--num-gpus={num_gpus}")
-    environment = {**os.environ, **ray_auth_env(settings)}
+    environment = {**os.environ, **ray_auth_env(settings), **RAY_LOOPBACK_ENV}
     with log.open("w") as out:
         done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=environment)
     if done.returncode != 0:
         raise ServiceError(f"ray start --head failed (exit {done.returncode}); see {log}")
     _wait_until(lambda: ray_is_up(settings), f"Ray dashboard at {settings.ray_address}", log)
+    session = _ray_session(int(gcs_port))
+    if session:
+        _session_file(settings).write_text(session)
+
+
+def ray_temp_dir(settings: Settings) -> Path:
+    """Ray's temp folder for this home's head, its own so that heads of other homes on the machine do not cross.
+
+    Ray Jobs finds the GCS a driver connects to in ``<temp>/ray_current_cluster``, which the latest head started on
+    the machine writes: with one shared folder a job could run on another home's cluster. Short, because Ray's Unix
+    socket paths under it must stay within 107 bytes.
+    """
+    digest = hashlib.sha1(str(settings.home).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"lesa-ray-{digest}"
+
+
+def _session_file(settings: Settings) -> Path:
+    return settings.home / "ray" / "session"
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process this user can see (Linux ``/proc``)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        table[int(entry.name)] = (parent, command)
+    return table
+
+
+def _ray_session(gcs_port: int) -> str:
+    """The session name of the Ray head whose GCS listens on ``gcs_port`` ('' if none is found)."""
+    for _, command in _processes().values():
+        if "gcs_server" in command and f"--gcs_server_port={gcs_port}" in command:
+            for part in command.split():
+                if part.startswith("--session-name="):
+                    return part.split("=", 1)[1]
+    return ""
+
+
+def _session_pids(session: str, gcs_port: int) -> set[int]:
+    """The processes of one Ray head: those with its session or its GCS address in a flag, and their descendants."""
+    table = _processes()
+    flag = re.compile(rf"--[a-z_-]+=(\S*/)?{re.escape(session)}(/|\s|$)|--address=127\.0\.0\.1:{gcs_port}\s")
+    pids = {pid for pid, (_, command) in table.items() if flag.search(command + " ")}
+    grown = True
+    while grown:
+        children = {pid for pid, (parent, _) in table.items() if parent in pids} - pids
+        pids |= children
+        grown = bool(children)
+    return pids - {os.getpid()}
 
 
 def stop_ray_head(settings: Settings) -> None:
-    subprocess.run([_bin("ray"), "stop", "--force"], capture_output=True, env={**os.environ, **ray_auth_env(settings)})
+    """Stops this home's Ray head (SIGTERM, then SIGKILL after ``STOP_GRACE_S``); other clusters keep running."""
+    if not Path("/proc").is_dir():
+        raise ServiceError("stopping the embedded Ray head needs Linux /proc; stop it with `ray stop`")
+    session_file = _session_file(settings)
+    gcs_port = int(os.environ.get("LESA_ORCH_RAY_GCS_PORT", "6379"))
+    session = session_file.read_text().strip() if session_file.exists() else _ray_session(gcs_port)
+    if not session:
+        return
+    pids = _session_pids(session, gcs_port)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while pids and time.monotonic() < deadline:
+            pids = {pid for pid in pids if _alive(pid)}
+            time.sleep(0.2)
+        if not pids:
+            break
+    session_file.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _mlflow_pid_file(settings: Settings) -> Path:
@@ -200,8 +299,7 @@ def start_mlflow_server(settings: Settings) -> bool:
         "--artifacts-destination", str(settings.mlflow_dir / "artifacts"),
         "--host", parsed.hostname or "127.0.0.1", "--port", str(parsed.port or 5000), "--workers", "1",
     ]
-    # the server's job runner (8 consumer processes for GenAI scoring) is not needed and costs ~2 GB
-    environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    environment = {**os.environ, **MLFLOW_SERVER_ENV}
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                    env=environment)
