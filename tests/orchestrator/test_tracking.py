@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
 from pathlib import Path
 
 import mlflow
+import pytest
 import torch
 
 from orchestrator.spec import load_spec
-from orchestrator.tracking import CANDIDATE_ALIAS, ERROR_TAG, JOB_ID_TAG, Tracker
+from orchestrator.tracking import (
+    _REQUEST_LIMITS,
+    CANDIDATE_ALIAS,
+    ERROR_TAG,
+    JOB_ID_TAG,
+    Tracker,
+    TrackingError,
+    bounded_requests,
+)
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
 
@@ -53,3 +64,17 @@ def test_registering_a_model_leaves_mlflows_process_wide_uris_as_they_were(tmp_p
     model = tracker.load_logged_model(run_id, tracker.get_run(run_id).info.experiment_id, str(tmp_path / "dl"))
     assert isinstance(model, torch.nn.Linear)
     assert tracker.load_logged_model(run_id, "0", str(tmp_path / "dl2"), name="other") is None
+
+
+def test_bounded_requests_give_up_on_a_server_that_never_answers_and_leave_the_environment_as_it_was():
+    with socket.socket() as silent:  # accepts connections (the backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        tracker = Tracker(f"http://127.0.0.1:{silent.getsockname()[1]}")
+        before = {name: os.environ.get(name) for name in _REQUEST_LIMITS}
+        start = time.monotonic()
+        with pytest.raises(TrackingError, match=r"MLflow at http://127.0.0.1:\d+: search experiments failed"), \
+                bounded_requests(retries=0, timeout_s=1):
+            tracker.check_api()
+        assert time.monotonic() - start < 5
+    assert {name: os.environ.get(name) for name in _REQUEST_LIMITS} == before
