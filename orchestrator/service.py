@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -23,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, func, make_url, select
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
+from . import versions
 from .ray_backend import local_services
-from .ray_backend.cluster import check_fits, read_cluster_resources
+from .ray_backend.cluster import check_fits, read_cluster_resources, read_ray_version
 from .redaction import redact_url
 from .settings import Settings
 from .spec import JobSpec, SpecError, load_spec, parse_spec
@@ -251,15 +251,6 @@ def new_job_id(name: str) -> str:
     return f"{name}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
-def _git_commit() -> str:
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return done.stdout.strip() if done.returncode == 0 else ""
-
-
 def _resolve_spec(spec: JobSpec, settings: Settings, source: str) -> JobSpec:
     """Fills what the spec leaves to the deployment (storage path) and makes local paths absolute."""
     raw = spec.model_dump(mode="json")
@@ -271,13 +262,16 @@ def _resolve_spec(spec: JobSpec, settings: Settings, source: str) -> JobSpec:
         value = raw[section][key]
         if value and "://" not in value:
             raw[section][key] = str(Path(value).expanduser().resolve())
-    return parse_spec(raw, source="resolved spec")
+    return parse_spec(raw, source="resolved spec", checked=True)  # the checks ran on the spec as given
 
 
 def driver_env(settings: Settings) -> dict[str, str]:
-    """Environment of a job driver on the settings' cluster: MLflow and Optuna URLs, the commit, the Ray token."""
+    """Environment of a job driver on the settings' cluster: MLflow and Optuna URLs, the lesa-orch commit (and
+    whether its tree had uncommitted changes), the Ray token; MLflow's usage telemetry off."""
+    commit, dirty = versions.source_state()
     env = {"MLFLOW_TRACKING_URI": settings.cluster_mlflow_uri, "LESA_ORCH_OPTUNA_URL": settings.optuna_url,
-           "LESA_GIT_COMMIT": _git_commit(), "LESA_ORCH_HOME": str(settings.home)}
+           "LESA_GIT_COMMIT": commit, "LESA_GIT_DIRTY": str(dirty).lower(), "LESA_ORCH_HOME": str(settings.home),
+           "MLFLOW_DISABLE_TELEMETRY": "true"}
     if settings.embedded_ray:
         env.update(local_services.ray_auth_env(settings))
         # one local machine is never preempted; the watcher is one more actor to start with every run
@@ -352,14 +346,18 @@ class JobListing:
 
 
 def list_jobs(ctx: Context, state: str | None = None) -> JobListing:
-    """Jobs (in ``state``, if given), unfinished ones reconciled first; says what it could not reach."""
+    """Jobs (in ``state``, if given), reconciled first: unfinished ones with Ray, ended ones MLflow has not yet
+    learnt of with MLflow; says what it could not reach."""
     wanted = _state(state)
-    unfinished = [record for record in ctx.store.list() if not JobState(record.state).is_terminal]
+    current = ctx.store.list()
+    unfinished = [record for record in current if not JobState(record.state).is_terminal]
+    unfinalized = [record for record in current if JobState(record.state).is_terminal and not record.is_settled]
     ray_problem = ctx.unreachable(RAY) if any(record.ray_submission_id for record in unfinished) else None
-    if unfinished and not ray_problem:
+    to_refresh = ([] if ray_problem else unfinished) + unfinalized
+    if to_refresh:
         reconciler = ctx.reconciler()
         with bounded_requests():
-            for record in unfinished:
+            for record in to_refresh:
                 reconciler.refresh(record.id)
     records = ctx.store.list(state=wanted)
     stale = frozenset(r.id for r in records if ray_problem and not JobState(r.state).is_terminal)
@@ -448,9 +446,30 @@ def resume(ctx: Context, job_id: str) -> JobRecord:
         raise OrchestratorError(f"job '{job_id}' is {record.state}; only FAILED or CANCELLED jobs resume")
     spec = parse_spec(record.spec, source=f"job {job_id}")
     _ensure_reachable(ctx)
+    _check_same_ray(ctx, record)
     record = ctx.store.reopen_for_resume(job_id)
     submission_id = f"{job_id}-a{record.attempts}"  # Ray keeps submission ids unique; the run name stays
     return _submit_attempt(ctx, record, spec, submission_id=submission_id, on_failure="fail")
+
+
+def _check_same_ray(ctx: Context, record: JobRecord) -> None:
+    """Refuses to resume a job on a cluster whose Ray minor version differs from the one its run recorded."""
+    if not record.mlflow_run_id:
+        return
+    from mlflow.exceptions import MlflowException
+
+    with _mlflow(ctx) as tracker:
+        try:
+            recorded = tracker.client.get_run(record.mlflow_run_id).data.tags.get(f"{versions.TAG_PREFIX}ray", "")
+        except MlflowException as error:
+            raise OrchestratorError(f"MLflow at {ctx.settings.mlflow_uri}: {error.message}".splitlines()[0]) from None
+    try:
+        current = read_ray_version(ctx.settings)
+    except ConnectionError as error:
+        raise ServiceUnreachableError(RAY, str(error)) from None
+    if recorded and not versions.same_minor(recorded, current):
+        raise OrchestratorError(f"job '{record.id}' ran on Ray {recorded}; the cluster at {ctx.settings.ray_address} "
+                                f"runs Ray {current}, whose checkpoints it may not restore: submit it anew")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
+from . import versions
 from .redaction import flatten_params, redacted_spec
 from .spec import JobSpec
 
@@ -60,14 +61,7 @@ class TrackingError(RuntimeError):
 
 def package_versions() -> str:
     """``name=version`` of the packages a run depends on, comma separated."""
-    names = ("lesa-orch", "torch", "torchvision", "timm", "ray", "mlflow", "optuna")
-    versions = []
-    for name in names:
-        try:
-            versions.append(f"{name}={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            continue
-    return ",".join(versions)
+    return ",".join(f"{name}={version}" for name, version in versions.package_versions().items() if version)
 
 
 def model_requirements() -> list[str]:
@@ -191,15 +185,17 @@ class Tracker:
         )
         return runs[0].info.run_id if runs else None
 
-    def start_job_run(self, spec: JobSpec, job_id: str, *, submission_id: str, git_commit: str = "") -> str:
-        """Creates the job's run (or reopens it on resume) with tags, params and the spec artifact."""
+    def start_job_run(self, spec: JobSpec, job_id: str, *, submission_id: str, git_commit: str = "",
+                      git_dirty: bool = False) -> str:
+        """Creates the job's run (or reopens it on resume) with tags (``lesa.version.<package>`` among them), params
+        and the spec artifact."""
         from mlflow.entities import RunTag
 
         existing = self.find_job_run(job_id, spec.experiment_name)
         tags = {
             JOB_ID_TAG: job_id, SUBMISSION_TAG: submission_id, "lesa.git_commit": git_commit,
             "lesa.versions": package_versions(), "lesa.task": spec.task, "lesa.arch": spec.model.arch,
-            "mlflow.runName": spec.name,
+            "mlflow.runName": spec.name, **versions.version_tags(git_commit, git_dirty),
         }
         if existing is None:
             run = self._call("create run", self.client.create_run, self.experiment_id(spec.experiment_name),

@@ -68,7 +68,8 @@ def run_job(
 ) -> dict[str, Any]:
     ensure_dataset(spec)
     run_id = tracker.start_job_run(spec, job_id, submission_id=submission_id,
-                                   git_commit=os.environ.get("LESA_GIT_COMMIT", ""))
+                                   git_commit=os.environ.get("LESA_GIT_COMMIT", ""),
+                                   git_dirty=os.environ.get("LESA_GIT_DIRTY") == "true")
     print(f"MLflow run {run_id} in experiment {spec.experiment_name}", flush=True)
     try:
         if spec.hpo is not None:

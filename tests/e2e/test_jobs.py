@@ -12,6 +12,7 @@ from pathlib import Path
 import mlflow
 import mlflow.pyfunc
 import pytest
+import ray
 import torch
 from torchvision.io import read_image
 
@@ -179,6 +180,22 @@ def test_a_job_that_fails_in_training_says_why_in_one_line(deployment):
     assert f"error: {job['error']}" in " ".join(done.stdout.split())
     run = deployment.mlflow().get_run(job["mlflow_run_id"])
     assert run.info.status == "FAILED" and run.data.tags["lesa.error"] == job["error"]
+
+    # the run records what it ran with; a resume on another Ray minor version is refused and changes nothing
+    tags = run.data.tags
+    assert tags["lesa.version.ray"] == ray.__version__ and tags["lesa.version.torch"]
+    assert tags["lesa.version.lesa-orch.dirty"] in ("true", "false") and "lesa.version.lesa-orch.commit" in tags
+    major, minor = ray.__version__.split(".")[:2]
+    older = f"{major}.{int(minor) - 1}.0"
+    deployment.mlflow().set_tag(run.info.run_id, "lesa.version.ray", older)
+    resumed = deployment.cli("resume", job["id"], "--detach")
+    assert resumed.returncode == 1, resumed.stdout + resumed.stderr
+    address = f"http://127.0.0.1:{deployment.env['LESA_ORCH_RAY_PORT']}"
+    assert resumed.stderr.strip().splitlines() == [
+        f"error: job '{job['id']}' ran on Ray {older}; the cluster at {address} runs Ray {ray.__version__}, whose "
+        "checkpoints it may not restore: submit it anew"]
+    after = deployment.job(job["id"])
+    assert (after["state"], after["attempts"]) == ("FAILED", job["attempts"])
 
 
 def test_a_job_the_cluster_cannot_fit_is_refused_without_a_trace(deployment):

@@ -313,4 +313,5 @@ def test_a_job_without_a_run_or_an_unreachable_server_is_a_one_line_error(tracke
         port = probe.getsockname()[1]  # nothing listens there once closed
     env = {"LESA_ORCH_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
     result = CliRunner().invoke(app, ["report", EXPERIMENT], env=env)
-    assert (result.exit_code, result.output.strip()) == (1, f"error: MLflow at http://127.0.0.1:{port} is unreachable")
+    assert (result.exit_code, result.output.strip()) == (
+        3, f"error: MLflow at http://127.0.0.1:{port} is unreachable: Connection refused")
