@@ -456,13 +456,8 @@ def _check_same_ray(ctx: Context, record: JobRecord) -> None:
     """Refuses to resume a job on a cluster whose Ray minor version differs from the one its run recorded."""
     if not record.mlflow_run_id:
         return
-    from mlflow.exceptions import MlflowException
-
     with _mlflow(ctx) as tracker:
-        try:
-            recorded = tracker.client.get_run(record.mlflow_run_id).data.tags.get(f"{versions.TAG_PREFIX}ray", "")
-        except MlflowException as error:
-            raise OrchestratorError(f"MLflow at {ctx.settings.mlflow_uri}: {error.message}".splitlines()[0]) from None
+        recorded = tracker.client.get_run(record.mlflow_run_id).data.tags.get(f"{versions.TAG_PREFIX}ray", "")
     try:
         current = read_ray_version(ctx.settings)
     except ConnectionError as error:
@@ -509,7 +504,9 @@ def report(ctx: Context, record: JobRecord) -> JobReport:
 @contextlib.contextmanager
 def _mlflow(ctx: Context) -> Iterator[Tracker]:
     """The tracker for a verb that needs MLflow: unreachable at once if it does not answer, its requests bounded,
-    its refusals one-line errors."""
+    its refusals (the tracker's and the MLflow client's own) one-line errors."""
+    from mlflow.exceptions import MlflowException
+
     with bounded_requests():
         tracker = ctx.tracker()
         try:
@@ -518,6 +515,8 @@ def _mlflow(ctx: Context) -> Iterator[Tracker]:
             raise
         except TrackingError as error:
             raise OrchestratorError(str(error)) from None
+        except MlflowException as error:
+            raise OrchestratorError(f"MLflow at {ctx.settings.mlflow_uri}: {error.message}".splitlines()[0]) from None
 
 
 def compare(ctx: Context, experiment: str, metric: str | None = None) -> list[RunSummary]:
@@ -545,13 +544,8 @@ def compare_trials(ctx: Context, job_id: str) -> tuple[list[str], list[TrialSumm
         record = reconciler.link_run(reconciler.refresh(job_id))
         if not record.mlflow_run_id:
             raise OrchestratorError(f"job '{job_id}' has no MLflow run yet")
-        from mlflow.exceptions import MlflowException
-
-        try:
-            parent = tracker.client.get_run(record.mlflow_run_id)
-            children = tracker.trial_runs(parent.info.experiment_id, record.mlflow_run_id)
-        except MlflowException as error:
-            raise OrchestratorError(f"MLflow at {ctx.settings.mlflow_uri}: {error.message}".splitlines()[0]) from None
+        parent = tracker.client.get_run(record.mlflow_run_id)
+        children = tracker.trial_runs(parent.info.experiment_id, record.mlflow_run_id)
     paths = list(spec.hpo.space)
     trials = [
         TrialSummary(**{**vars(run_summary(run)), "params": {path: run.data.params.get(path, "") for path in paths}},
@@ -741,21 +735,15 @@ def run_report(
     progress = on_progress or (lambda message: None)
     settings = ctx.settings
     with _mlflow(ctx) as tracker:
-        from mlflow.exceptions import MlflowException
+        experiment, job_id, run_id = _report_scope(ctx, tracker, target)
+        from . import reporting  # matplotlib and torch load only for this verb, once it has something to report
 
-        try:
-            experiment, job_id, run_id = _report_scope(ctx, tracker, target)
-            from . import reporting  # matplotlib and torch load only for this verb, once it has something to report
-
-            data = reporting.collect(tracker, experiment, target=target, run_id=run_id, job_id=job_id,
-                                     progress=progress)
-            if not data.runs:
-                raise OrchestratorError(f"MLflow experiment {target!r} has no runs")
-            path = Path(out_path) if out_path else settings.home / "reports" / f"{reporting.slug(target)}.html"
-            progress(f"writing {path}")
-            artifact = reporting.publish(tracker, data, path)
-        except MlflowException as error:
-            raise OrchestratorError(f"MLflow at {settings.mlflow_uri}: {error.message}".splitlines()[0]) from None
+        data = reporting.collect(tracker, experiment, target=target, run_id=run_id, job_id=job_id, progress=progress)
+        if not data.runs:
+            raise OrchestratorError(f"MLflow experiment {target!r} has no runs")
+        path = Path(out_path) if out_path else settings.home / "reports" / f"{reporting.slug(target)}.html"
+        progress(f"writing {path}")
+        artifact = reporting.publish(tracker, data, path)
     if artifact and on_logged is not None:
         on_logged(artifact)
     return path
