@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from report import write_report
 
 from lesa_core.data.synthetic import write_imagenet_dataset
 from orchestrator.ray_backend import jobs as ray_jobs
+from orchestrator.ray_backend.local_services import free_port
 from orchestrator.settings import Settings
 from orchestrator.store import JobStore, make_engine
 
@@ -39,12 +39,6 @@ CLI = str(Path(sys.executable).parent / "lesa-orch")
 JOB = REPO / "jobs" / "quickstart_imagenet.yaml"
 LOCKED = re.compile(r"database is locked", re.IGNORECASE)
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _cli(env: dict[str, str], *args: str, timeout: float = 600) -> dict:
@@ -78,8 +72,8 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="lesa-load-"))
     env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env.update(LESA_ORCH_HOME=str(home), LESA_ORCH_RAY_PORT=str(_free_port()), LESA_ORCH_MLFLOW_PORT=str(_free_port()),
-               LESA_ORCH_RAY_GCS_PORT=str(_free_port()))
+    env.update(LESA_ORCH_HOME=str(home), LESA_ORCH_RAY_PORT=str(free_port()), LESA_ORCH_MLFLOW_PORT=str(free_port()),
+               LESA_ORCH_RAY_GCS_PORT=str(free_port()))
     settings = Settings.from_env(env)
     root = home / "data" / "tiny_imagenet"
     write_imagenet_dataset(root, train_per_class=4, val_per_class=2, image_size=32, seed=0)

@@ -154,7 +154,7 @@ def _wait_until(check, what: str, log: Path | None, timeout: float = HEALTH_TIME
     raise ServiceError(f"{what} did not become healthy within {timeout:.0f}s{hint}")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     """A loopback port nothing listens on now (released at once, for a server to bind next)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -185,7 +185,7 @@ def start_ray_head(settings: Settings, *, num_cpus: int | None = None, num_gpus:
     command = [_bin("ray"), "start", "--head", f"--port={gcs_port}", "--dashboard-host=127.0.0.1",
                f"--dashboard-port={port}", "--include-dashboard=true", "--disable-usage-stats",
                f"--temp-dir={ray_temp_dir(settings)}"]
-    agent_port = _free_port()  # Ray's fixed default (52365) is taken by any other head on the machine
+    agent_port = free_port()  # Ray's fixed default (52365) is taken by any other head on the machine
     low, high = worker_port_range(int(gcs_port), port or 8265, agent_port)
     command += [f"--min-worker-port={low}", f"--max-worker-port={high}", f"--dashboard-agent-listen-port={agent_port}"]
     if num_cpus is not None:
